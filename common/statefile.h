@@ -1,0 +1,67 @@
+// The state file: OS user -> backend (DESIGN.md, "State file"). Written only
+// by usher-reconcile, atomically; read by usher-dispatch.
+//
+// {
+//   "version": 1,
+//   "generated_at": "2026-11-23T15:00:00Z",
+//   "users": {
+//     "alice": {"kind": "unit", "address": "127.0.0.1", "port": 3773,
+//               "unit": "t3-serve@alice.service"},
+//     "carol": {"kind": "vm", "address": "192.168.122.10", "port": 3773,
+//               "vm": {"name": "usher-carol", "provider": "libvirt"}}
+//   }
+// }
+//
+// Unknown keys are ignored (forward compatibility). A malformed user entry is
+// reported and skipped; the others stay routable.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/usermap.h"
+
+namespace usher {
+
+struct Backend {
+  std::string osUser;
+  BackendKind kind = BackendKind::Unit;
+  std::string address;  // numeric IPv4 or IPv6 literal, never a host name
+  uint16_t port = 0;
+  std::string unit;     // systemd unit, for kind == Unit (may be empty)
+  nlohmann::json vm;    // VM facts, for kind == Vm (object or null)
+};
+
+class State {
+public:
+  static constexpr int kVersion = 1;
+
+  // Parses state JSON. nullopt when the document as a whole is unusable
+  // (not JSON, not an object, wrong version); per-user problems go to `errors`.
+  static std::optional<State> parse(std::string_view text, std::vector<std::string>& errors);
+  static std::optional<State> load(const std::string& path, std::vector<std::string>& errors);
+
+  nlohmann::json toJson() const;
+
+  const Backend* find(std::string_view osUser) const;
+  void put(Backend backend);
+  bool erase(std::string_view osUser);
+  const std::unordered_map<std::string, Backend>& backends() const { return backends_; }
+  size_t size() const { return backends_.size(); }
+
+  std::string generatedAt;
+
+private:
+  std::unordered_map<std::string, Backend> backends_;
+};
+
+using StatePtr = std::shared_ptr<const State>;
+
+}  // namespace usher
