@@ -1,0 +1,239 @@
+#include "dispatch/config.h"
+
+#include <functional>
+#include <map>
+
+#include "common/atomic_file.h"
+#include "common/ini.h"
+#include "dispatch/http/headers.h"
+#include "dispatch/net/address.h"
+
+namespace usher::dispatch {
+
+std::string ConfigError::str() const {
+  std::string s = file.empty() ? "<config>" : file;
+  if (line > 0) s += ":" + std::to_string(line);
+  s += ": ";
+  if (!key.empty()) s += "[" + section + "] " + key + ": ";
+  else if (!section.empty()) s += "[" + section + "]: ";
+  return s + message;
+}
+
+Config defaultConfig() {
+  Config c;
+  std::string err;
+  c.trustedProxies = *CidrSet::parse(c.trustedProxiesText, err);
+  return c;
+}
+
+namespace {
+
+bool validHeaderName(std::string_view s) {
+  if (s.empty() || s.size() > 64) return false;
+  for (unsigned char ch : s)
+    if (!(std::isalnum(ch) || ch == '-')) return false;
+  return true;
+}
+
+// One setter per key: returns "" on success, else what is wrong with the value.
+using Setter = std::function<std::string(Config&, std::string_view)>;
+
+Setter duration(milliseconds Config::*field, bool allowZero = false) {
+  return [=](Config& c, std::string_view v) -> std::string {
+    auto d = parseDuration(v);
+    if (!d) return "expected a duration such as 10s, 250ms, 2m or 1h";
+    if (!allowZero && d->count() == 0) return "must be greater than zero";
+    c.*field = *d;
+    return "";
+  };
+}
+
+Setter size(uint64_t Config::*field, uint64_t min, uint64_t max) {
+  return [=](Config& c, std::string_view v) -> std::string {
+    auto n = parseSize(v);
+    if (!n) return "expected a size such as 8192, 64k or 1M";
+    if (*n < min || *n > max)
+      return "must be between " + std::to_string(min) + " and " + std::to_string(max);
+    c.*field = *n;
+    return "";
+  };
+}
+
+Setter boolean(bool Config::*field) {
+  return [=](Config& c, std::string_view v) -> std::string {
+    auto b = parseBool(v);
+    if (!b) return "expected yes or no";
+    c.*field = *b;
+    return "";
+  };
+}
+
+Setter path(std::string Config::*field) {
+  return [=](Config& c, std::string_view v) -> std::string {
+    if (v.empty() || v.front() != '/') return "expected an absolute path";
+    c.*field = std::string(v);
+    return "";
+  };
+}
+
+const std::map<std::string, std::map<std::string, Setter>>& schema() {
+  static const std::map<std::string, std::map<std::string, Setter>> s = {
+      {"server",
+       {
+           {"listen",
+            [](Config& c, std::string_view v) -> std::string {
+              auto items = splitList(v);
+              if (items.empty()) return "expected at least one address:port";
+              for (const auto& a : items)
+                if (!net::parseAddress(a)) return "invalid address \"" + a + "\" (expected host:port or [v6]:port)";
+              c.listen = items;
+              return "";
+            }},
+           {"admin_listen",
+            [](Config& c, std::string_view v) -> std::string {
+              if (!v.empty() && !net::parseAddress(v)) return "invalid address (expected host:port, or empty to disable)";
+              c.adminListen = std::string(v);
+              return "";
+            }},
+           {"trusted_proxies",
+            [](Config& c, std::string_view v) -> std::string {
+              std::string err;
+              auto set = CidrSet::parse(v, err);
+              if (!set) return err;
+              c.trustedProxies = std::move(*set);
+              c.trustedProxiesText = std::string(v);
+              return "";
+            }},
+           {"identity_header",
+            [](Config& c, std::string_view v) -> std::string {
+              if (!validHeaderName(v)) return "expected a header name of letters, digits and '-'";
+              c.identityHeader = std::string(v);
+              return "";
+            }},
+           {"forward_user_header",
+            [](Config& c, std::string_view v) -> std::string {
+              if (!v.empty() && !validHeaderName(v)) return "expected a header name, or empty to disable";
+              c.forwardUserHeader = std::string(v);
+              return "";
+            }},
+       }},
+      {"users",
+       {
+           {"map_file", path(&Config::mapFile)},
+           {"state_file", path(&Config::stateFile)},
+           {"min_uid",
+            [](Config& c, std::string_view v) -> std::string {
+              auto n = parseUnsigned(v);
+              if (!n || *n == 0 || *n > 0xfffffffeULL) return "expected a uid greater than 0";
+              c.minUid = static_cast<uint32_t>(*n);
+              return "";
+            }},
+           {"verify_os_users", boolean(&Config::verifyOsUsers)},
+           {"reload_debounce", duration(&Config::reloadDebounce, true)},
+       }},
+      {"limits",
+       {
+           {"max_request_line", size(&Config::maxRequestLine, 64, 65536)},
+           // http-parser refuses heads above 80 KiB whatever we say.
+           {"max_header_bytes", size(&Config::maxHeaderBytes, 256, 65536)},
+           {"max_headers", size(&Config::maxHeaders, 1, 1000)},
+           {"max_body_bytes", size(&Config::maxBodyBytes, 0, UINT64_MAX >> 1)},
+           {"max_chunk_line", size(&Config::maxChunkLine, 16, 65536)},
+           {"max_connections", size(&Config::maxConnections, 1, 1'000'000)},
+       }},
+      {"timeouts",
+       {
+           {"client_header", duration(&Config::clientHeader)},
+           {"client_body", duration(&Config::clientBody)},
+           {"keepalive_idle", duration(&Config::keepaliveIdle)},
+           {"backend_connect", duration(&Config::backendConnect)},
+           {"backend_response", duration(&Config::backendResponse)},
+           {"upgraded_idle", duration(&Config::upgradedIdle)},
+           {"send", duration(&Config::sendTimeout)},
+           {"shutdown_drain", duration(&Config::shutdownDrain, true)},
+       }},
+      {"upstream",
+       {
+           {"max_idle_per_backend", size(&Config::maxIdlePerBackend, 0, 100000)},
+           {"idle_timeout", duration(&Config::upstreamIdle)},
+           {"buffer_high_watermark", size(&Config::bufferHighWatermark, 4096, 1ULL << 30)},
+       }},
+      {"log",
+       {
+           {"level",
+            [](Config& c, std::string_view v) -> std::string {
+              static const char* kLevels[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
+              for (auto l : kLevels)
+                if (v == l) {
+                  c.logLevel = std::string(v);
+                  return "";
+                }
+              return "expected one of trace, debug, info, warn, error, critical, off";
+            }},
+           {"access_log", boolean(&Config::accessLog)},
+       }},
+  };
+  return s;
+}
+
+}  // namespace
+
+bool parseConfig(std::string_view text, const std::string& sourceName, Config& config,
+                 std::vector<ConfigError>& errors) {
+  size_t before = errors.size();
+  std::vector<std::string> syntax;
+  auto entries = parseIni(text, syntax);
+  for (auto& s : syntax) {
+    // "line N: message"
+    int line = 0;
+    std::string msg = s;
+    if (s.rfind("line ", 0) == 0) {
+      line = std::atoi(s.c_str() + 5);
+      auto colon = s.find(": ");
+      if (colon != std::string::npos) msg = s.substr(colon + 2);
+    }
+    errors.push_back({sourceName, line, "", "", msg});
+  }
+  std::map<std::pair<std::string, std::string>, int> seen;
+  for (const auto& e : entries) {
+    auto sec = schema().find(e.section);
+    if (sec == schema().end()) {
+      errors.push_back({sourceName, e.line, e.section, e.key,
+                        e.section.empty() ? "key outside any [section]" : "unknown section"});
+      continue;
+    }
+    auto key = sec->second.find(e.key);
+    if (key == sec->second.end()) {
+      errors.push_back({sourceName, e.line, e.section, e.key, "unknown key"});
+      continue;
+    }
+    auto [it, fresh] = seen.emplace(std::make_pair(e.section, e.key), e.line);
+    if (!fresh) {
+      errors.push_back({sourceName, e.line, e.section, e.key,
+                        "set twice (first on line " + std::to_string(it->second) + ")"});
+      continue;
+    }
+    std::string problem = key->second(config, trim(e.value));
+    if (!problem.empty()) errors.push_back({sourceName, e.line, e.section, e.key, problem});
+  }
+  if (config.listen.size() > 0 && !config.adminListen.empty()) {
+    for (const auto& l : config.listen)
+      if (l == config.adminListen)
+        errors.push_back({sourceName, seen.count({"server", "admin_listen"}) ? seen[{"server", "admin_listen"}] : 0,
+                          "server", "admin_listen", "must differ from listen"});
+  }
+  config.sourcePath = sourceName;
+  return errors.size() == before;
+}
+
+bool loadConfig(const std::string& path, Config& config, std::vector<ConfigError>& errors) {
+  std::string err;
+  auto text = readFile(path, err);
+  if (!text) {
+    errors.push_back({path, 0, "", "", err});
+    return false;
+  }
+  return parseConfig(*text, path, config, errors);
+}
+
+}  // namespace usher::dispatch

@@ -1,0 +1,81 @@
+// usher-dispatch configuration: one INI file, every key documented in
+// dispatch/usher.conf.example. Embedded defaults make a config file optional.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/cidr.h"
+
+namespace usher::dispatch {
+
+using std::chrono::milliseconds;
+
+struct Config {
+  std::string sourcePath;  // file it was read from, "" for embedded defaults
+
+  // [server]
+  std::vector<std::string> listen{"127.0.0.1:8080"};
+  std::string adminListen = "127.0.0.1:9090";  // "" disables the admin listener
+  CidrSet trustedProxies;                       // default: 127.0.0.1/32, ::1/128
+  std::string trustedProxiesText = "127.0.0.1/32 ::1/128";
+  std::string identityHeader = "X-authentik-username";
+  std::string forwardUserHeader = "X-Forwarded-User";  // "" = do not send one
+
+  // [users]
+  std::string mapFile = "/etc/ttyd-user-map";
+  std::string stateFile = "/var/lib/usher/state.json";
+  uint32_t minUid = 1000;
+  bool verifyOsUsers = true;
+  milliseconds reloadDebounce{100};
+
+  // [limits]
+  uint64_t maxRequestLine = 8192;
+  uint64_t maxHeaderBytes = 32768;
+  uint64_t maxHeaders = 100;
+  uint64_t maxBodyBytes = 0;  // 0: unlimited
+  uint64_t maxChunkLine = 4096;  // chunk-size line incl. extensions
+  uint64_t maxConnections = 16384;
+
+  // [timeouts]
+  milliseconds clientHeader{10'000};
+  milliseconds clientBody{60'000};
+  milliseconds keepaliveIdle{75'000};
+  milliseconds backendConnect{5'000};
+  milliseconds backendResponse{60'000};
+  milliseconds upgradedIdle{3'600'000};
+  milliseconds sendTimeout{60'000};
+  milliseconds shutdownDrain{10'000};
+
+  // [upstream]
+  uint64_t maxIdlePerBackend = 32;
+  milliseconds upstreamIdle{60'000};
+  uint64_t bufferHighWatermark = 256 * 1024;
+
+  // [log]
+  std::string logLevel = "info";
+  bool accessLog = true;
+};
+
+struct ConfigError {
+  std::string file;
+  int line = 0;  // 0: not tied to a line
+  std::string section;
+  std::string key;
+  std::string message;
+  std::string str() const;  // "file:line: [section] key: message"
+};
+
+// Embedded defaults, validated (trustedProxies parsed).
+Config defaultConfig();
+
+// Reads `path` over the defaults. Returns false when there is any error;
+// every error found is in `errors` (the whole file is checked, not just up to
+// the first problem).
+bool loadConfig(const std::string& path, Config& config, std::vector<ConfigError>& errors);
+bool parseConfig(std::string_view text, const std::string& sourceName, Config& config,
+                 std::vector<ConfigError>& errors);
+
+}  // namespace usher::dispatch

@@ -1,0 +1,86 @@
+// usher-dispatch: parse arguments, load config, run. Everything else is in
+// usher_dispatch_lib, which the tests link.
+#include <getopt.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include <spdlog/spdlog.h>
+
+#include "common/logfmt.h"
+#include "dispatch/config.h"
+#include "dispatch/server.h"
+#include "usher/version.h"
+
+namespace {
+
+void usage(FILE* f) {
+  std::fputs(
+      "usage: usher-dispatch [--config FILE] [--check-config]\n"
+      "\n"
+      "Puts one URL in front of many per-user web apps: trusts an identity header\n"
+      "from configured proxies, maps the name to an OS user and proxies HTTP and\n"
+      "WebSocket traffic to that user's backend.\n"
+      "\n"
+      "  -c, --config FILE   configuration (INI); without it, embedded defaults\n"
+      "      --check-config  validate the configuration and exit (0 valid, 1 not)\n"
+      "  -h, --help          this text\n"
+      "  -V, --version       print the version\n"
+      "\n"
+      "Every key is documented in dispatch/usher.conf.example.\n",
+      f);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  static const option kOptions[] = {
+      {"config", required_argument, nullptr, 'c'},
+      {"check-config", no_argument, nullptr, 'k'},
+      {"help", no_argument, nullptr, 'h'},
+      {"version", no_argument, nullptr, 'V'},
+      {nullptr, 0, nullptr, 0},
+  };
+  std::string configPath;
+  bool checkOnly = false;
+  int opt;
+  while ((opt = getopt_long(argc, argv, "c:hV", kOptions, nullptr)) != -1) {
+    switch (opt) {
+      case 'c': configPath = optarg; break;
+      case 'k': checkOnly = true; break;
+      case 'h': usage(stdout); return 0;
+      case 'V': std::printf("usher-dispatch %s\n", USHER_VERSION); return 0;
+      default: usage(stderr); return 2;
+    }
+  }
+  if (optind < argc) {
+    std::fprintf(stderr, "usher-dispatch: unexpected argument '%s'\n", argv[optind]);
+    usage(stderr);
+    return 2;
+  }
+
+  using namespace usher::dispatch;
+  Config config = defaultConfig();
+  if (!configPath.empty()) {
+    std::vector<ConfigError> errors;
+    if (!loadConfig(configPath, config, errors)) {
+      for (const auto& e : errors) std::fprintf(stderr, "%s\n", e.str().c_str());
+      std::fprintf(stderr, "usher-dispatch: %zu error(s) in configuration\n", errors.size());
+      return 1;
+    }
+  }
+  if (checkOnly) {
+    std::printf("%s: configuration ok\n", configPath.empty() ? "<embedded defaults>" : configPath.c_str());
+    return 0;
+  }
+  if (!usher::setupLogging(config.logLevel)) {
+    std::fprintf(stderr, "usher-dispatch: bad log level\n");
+    return 1;
+  }
+  ::signal(SIGPIPE, SIG_IGN);
+  Server server(std::move(config));
+  if (!server.init()) return 1;
+  return server.run();
+}

@@ -1,0 +1,231 @@
+#include "dispatch/server.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include <spdlog/spdlog.h>
+
+#include "common/logfmt.h"
+#include "dispatch/admin/admin_server.h"
+#include "dispatch/net/file_watch.h"
+#include "dispatch/proxy/client_connection.h"
+
+namespace usher::dispatch {
+
+Server::Server(Config config)
+    : config_(std::move(config)), base_(event_base_new()), directory_(config_, metrics_) {
+  pool_ = std::make_unique<UpstreamPool>(base_.get(), config_.maxIdlePerBackend, config_.upstreamIdle);
+  reapEvent_.reset(event_new(base_.get(), -1, 0, onReap, this));
+  drainTimer_.reset(evtimer_new(base_.get(), onDrainTick, this));
+}
+
+Server::~Server() {
+  for (auto* c : connections_) delete c;
+  for (auto* c : retired_) delete c;
+  connections_.clear();
+  retired_.clear();
+  admin_.reset();
+  watch_.reset();
+  pool_.reset();
+  listeners_.clear();
+  signals_.clear();
+  reapEvent_.reset();
+  drainTimer_.reset();
+}
+
+bool Server::init() {
+  if (!base_) {
+    spdlog::critical(LogLine("fatal").kv("msg", "cannot create event loop").str());
+    return false;
+  }
+  for (const auto& l : config_.listen) {
+    auto addr = net::parseAddress(l);
+    evconnlistener* listener = evconnlistener_new_bind(
+        base_.get(), onAccept, this, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 1024,
+        addr->sa(), static_cast<int>(addr->length));
+    if (!listener) {
+      spdlog::critical(LogLine("fatal").kv("msg", "cannot listen").kv("addr", l).kv("error", std::strerror(errno)).str());
+      return false;
+    }
+    evconnlistener_set_error_cb(listener, onAcceptError);
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    getsockname(evconnlistener_get_fd(listener), reinterpret_cast<sockaddr*>(&ss), &len);
+    bound_.push_back(net::fromSockaddr(reinterpret_cast<sockaddr*>(&ss), len));
+    listeners_.emplace_back(listener);
+    spdlog::info(LogLine("listening").kv("role", "proxy").kv("addr", bound_.back().str()).str());
+  }
+  if (!config_.adminListen.empty()) {
+    admin_ = std::make_unique<AdminServer>(base_.get(), metrics_, [this] { return ready(); });
+    std::string err;
+    if (!admin_->listen(*net::parseAddress(config_.adminListen), err)) {
+      spdlog::critical(LogLine("fatal").kv("msg", err).str());
+      return false;
+    }
+    spdlog::info(LogLine("listening").kv("role", "admin").kv("addr", admin_->bound().str()).str());
+  }
+  for (int sig : {SIGHUP, SIGTERM, SIGINT}) {
+    signals_.emplace_back(evsignal_new(base_.get(), sig, onSignal, this));
+    event_add(signals_.back().get(), nullptr);
+  }
+  watch_ = std::make_unique<FileWatch>(base_.get(), std::vector<std::string>{config_.mapFile, config_.stateFile},
+                                       config_.reloadDebounce,
+                                       [this](size_t i) { reload(i == 0, i == 1); });
+  if (!watch_->ok()) {
+    spdlog::warn(LogLine("inotify_unavailable").kv("msg", "map and state reload only on SIGHUP").str());
+  }
+  directory_.reloadMap();
+  directory_.reloadState();
+  return true;
+}
+
+bool Server::ready() const { return directory_.mapLoaded() && directory_.stateLoaded() && !draining_; }
+
+int Server::run() {
+  spdlog::info(LogLine("ready")
+                   .kv("map_entries", directory_.map().size())
+                   .kv("state_entries", directory_.state().size())
+                   .kv("ready", ready())
+                   .str());
+  event_base_dispatch(base_.get());
+  for (auto* c : retired_) delete c;
+  retired_.clear();
+  spdlog::info(LogLine("stopped").kv("open_connections", connections_.size()).str());
+  return 0;
+}
+
+void Server::onAccept(evconnlistener*, evutil_socket_t fd, sockaddr* sa, int len, void* arg) {
+  static_cast<Server*>(arg)->accept(fd, sa, len);
+}
+
+void Server::onAcceptError(evconnlistener*, void*) {
+  int err = EVUTIL_SOCKET_ERROR();
+  spdlog::error(LogLine("accept_error").kv("error", evutil_socket_error_to_string(err)).str());
+}
+
+void Server::accept(evutil_socket_t fd, sockaddr* sa, int len) {
+  if (draining_) {
+    ::close(fd);
+    return;
+  }
+  auto* conn = new ClientConnection(*this, fd, net::fromSockaddr(sa, static_cast<socklen_t>(len)), nextConnectionId_++);
+  connections_.insert(conn);
+  ++metrics_.connectionsActive;
+  ++metrics_.connectionsTotal;
+  if (!conn->start()) {
+    conn->close();
+    return;
+  }
+  if (connections_.size() >= config_.maxConnections && !listenersPaused_) {
+    // Stop accepting rather than fail new connections half-way.
+    for (auto& l : listeners_) evconnlistener_disable(l.get());
+    listenersPaused_ = true;
+    spdlog::warn(LogLine("connection_limit").kv("max_connections", config_.maxConnections).str());
+  }
+}
+
+void Server::retire(ClientConnection* conn) {
+  if (connections_.erase(conn) == 0) return;
+  --metrics_.connectionsActive;
+  retired_.push_back(conn);
+  event_active(reapEvent_.get(), EV_TIMEOUT, 0);
+  if (listenersPaused_ && !draining_ && connections_.size() < config_.maxConnections) {
+    for (auto& l : listeners_) evconnlistener_enable(l.get());
+    listenersPaused_ = false;
+  }
+  if (draining_) checkDrained();
+}
+
+void Server::onReap(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<Server*>(arg);
+  auto retired = std::move(self->retired_);
+  self->retired_.clear();
+  for (auto* c : retired) delete c;
+}
+
+void Server::onSignal(evutil_socket_t sig, short, void* arg) {
+  auto* self = static_cast<Server*>(arg);
+  if (sig == SIGHUP) {
+    spdlog::info(LogLine("signal").kv("signal", "SIGHUP").kv("action", "reload").str());
+    self->reload(true, true);
+  } else {
+    spdlog::info(LogLine("signal").kv("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT").kv("action", "shutdown").str());
+    self->beginShutdown();
+  }
+}
+
+void Server::reload(bool map, bool state) {
+  if (map) directory_.reloadMap();
+  if (state) directory_.reloadState();
+  revokeStale();
+}
+
+// A user who left the map (or now maps to another OS user) loses access at
+// once: every connection serving them is closed, WebSockets included.
+void Server::revokeStale() {
+  std::vector<ClientConnection*> stale;
+  for (auto* c : connections_) {
+    if (!c->ssoUser().empty() && !directory_.stillMapped(c->ssoUser(), c->osUser())) stale.push_back(c);
+  }
+  for (auto* c : stale) {
+    spdlog::warn(LogLine("revoke")
+                     .kv("user", c->ssoUser())
+                     .kv("os_user", c->osUser())
+                     .kv("upgraded", c->upgraded())
+                     .kv("connections", 1)
+                     .str());
+    ++metrics_.revokedConnections;
+    c->close();
+  }
+}
+
+void Server::beginShutdown() {
+  if (draining_) {
+    // Second signal: stop now.
+    event_base_loopbreak(base_.get());
+    return;
+  }
+  draining_ = true;
+  for (auto& l : listeners_) evconnlistener_disable(l.get());
+  listeners_.clear();
+  drainDeadline_ = std::chrono::steady_clock::now() + config_.shutdownDrain;
+  std::vector<ClientConnection*> all(connections_.begin(), connections_.end());
+  for (auto* c : all) c->drain();
+  spdlog::info(LogLine("draining").kv("connections", connections_.size()).kv("deadline_ms", config_.shutdownDrain.count()).str());
+  timeval tv{0, 100 * 1000};
+  evtimer_add(drainTimer_.get(), &tv);
+  checkDrained();
+}
+
+void Server::onDrainTick(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<Server*>(arg);
+  if (std::chrono::steady_clock::now() >= self->drainDeadline_) {
+    std::vector<ClientConnection*> all(self->connections_.begin(), self->connections_.end());
+    if (!all.empty()) spdlog::warn(LogLine("drain_deadline").kv("closing", all.size()).str());
+    for (auto* c : all) c->close();
+  } else {
+    std::vector<ClientConnection*> idle;
+    for (auto* c : self->connections_)
+      if (c->idle()) idle.push_back(c);
+    for (auto* c : idle) c->close();
+    timeval tv{0, 100 * 1000};
+    evtimer_add(self->drainTimer_.get(), &tv);
+  }
+  self->checkDrained();
+}
+
+void Server::checkDrained() {
+  if (draining_ && connections_.empty()) {
+    pool_->clear();
+    admin_.reset();
+    watch_.reset();
+    event_base_loopexit(base_.get(), nullptr);
+  }
+}
+
+}  // namespace usher::dispatch
