@@ -149,7 +149,6 @@ const std::map<std::string, std::map<std::string, Setter>>& schema() {
            {"backend_connect", duration(&Config::backendConnect)},
            {"backend_response", duration(&Config::backendResponse)},
            {"upgraded_idle", duration(&Config::upgradedIdle)},
-           {"send", duration(&Config::sendTimeout)},
            {"shutdown_drain", duration(&Config::shutdownDrain, true)},
        }},
       {"upstream",
@@ -216,9 +215,10 @@ bool parseConfig(std::string_view text, const std::string& sourceName, Config& c
     std::string problem = key->second(config, trim(e.value));
     if (!problem.empty()) errors.push_back({sourceName, e.line, e.section, e.key, problem});
   }
-  if (config.listen.size() > 0 && !config.adminListen.empty()) {
+  if (!config.adminListen.empty()) {
+    auto admin = net::parseAddress(config.adminListen);
     for (const auto& l : config.listen)
-      if (l == config.adminListen)
+      if (admin && admin->port() != 0 && l == config.adminListen)
         errors.push_back({sourceName, seen.count({"server", "admin_listen"}) ? seen[{"server", "admin_listen"}] : 0,
                           "server", "admin_listen", "must differ from listen"});
   }
