@@ -2,6 +2,7 @@
 // usher_dispatch_lib, which the tests link.
 #include <getopt.h>
 #include <signal.h>
+#include <sys/resource.h>
 
 #include <cstdio>
 #include <cstring>
@@ -80,6 +81,12 @@ int main(int argc, char** argv) {
     return 1;
   }
   ::signal(SIGPIPE, SIG_IGN);
+  // Each proxied request holds two descriptors; use what the host allows.
+  rlimit nofile{};
+  if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &nofile);
+  }
   Server server(std::move(config));
   if (!server.init()) return 1;
   return server.run();

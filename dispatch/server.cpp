@@ -22,6 +22,7 @@ Server::Server(Config config)
   pool_ = std::make_unique<UpstreamPool>(base_.get(), config_.maxIdlePerBackend, config_.upstreamIdle);
   reapEvent_.reset(event_new(base_.get(), -1, 0, onReap, this));
   drainTimer_.reset(evtimer_new(base_.get(), onDrainTick, this));
+  resumeAccept_.reset(evtimer_new(base_.get(), onResumeAccept, this));
 }
 
 Server::~Server() {
@@ -36,6 +37,7 @@ Server::~Server() {
   signals_.clear();
   reapEvent_.reset();
   drainTimer_.reset();
+  resumeAccept_.reset();
 }
 
 bool Server::init() {
@@ -103,9 +105,25 @@ void Server::onAccept(evconnlistener*, evutil_socket_t fd, sockaddr* sa, int len
   static_cast<Server*>(arg)->accept(fd, sa, len);
 }
 
-void Server::onAcceptError(evconnlistener*, void*) {
+void Server::onAcceptError(evconnlistener*, void* arg) {
+  auto* self = static_cast<Server*>(arg);
   int err = EVUTIL_SOCKET_ERROR();
   spdlog::error(LogLine("accept_error").kv("error", evutil_socket_error_to_string(err)).str());
+  if ((err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) && !self->listenersPaused_) {
+    // Out of descriptors: the pending connection stays in the backlog and the
+    // listener would spin. Pause accepting briefly instead.
+    for (auto& l : self->listeners_) evconnlistener_disable(l.get());
+    self->listenersPaused_ = true;
+    timeval tv{0, 250 * 1000};
+    evtimer_add(self->resumeAccept_.get(), &tv);
+  }
+}
+
+void Server::onResumeAccept(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<Server*>(arg);
+  if (self->draining_ || !self->listenersPaused_ || self->connections_.size() >= self->config_.maxConnections) return;
+  for (auto& l : self->listeners_) evconnlistener_enable(l.get());
+  self->listenersPaused_ = false;
 }
 
 void Server::accept(evutil_socket_t fd, sockaddr* sa, int len) {

@@ -56,6 +56,7 @@ private:
   static void onSignal(evutil_socket_t sig, short, void* arg);
   static void onReap(evutil_socket_t, short, void* arg);
   static void onDrainTick(evutil_socket_t, short, void* arg);
+  static void onResumeAccept(evutil_socket_t, short, void* arg);
   void accept(evutil_socket_t fd, sockaddr* sa, int len);
   void revokeStale();
   void beginShutdown();
@@ -71,6 +72,7 @@ private:
   std::vector<net::EventPtr> signals_;
   net::EventPtr reapEvent_;
   net::EventPtr drainTimer_;
+  net::EventPtr resumeAccept_;
   std::unique_ptr<AdminServer> admin_;
   std::unique_ptr<FileWatch> watch_;
   // Connections own themselves; retired ones wait here for the reaper.

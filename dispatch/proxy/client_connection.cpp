@@ -199,7 +199,11 @@ void ClientConnection::clientWrite() {
   switch (state_) {
     case State::Proxying:
       touch();
-      if (upstream_ && !clientOutputFull()) bufferevent_enable(upstream_->bev.get(), EV_READ);
+      if (upstream_ && !clientOutputFull()) {
+        if (!upstreamEof_) bufferevent_enable(upstream_->bev.get(), EV_READ);
+        // Bytes read before we paused are not announced again by libevent.
+        if (evbuffer_get_length(bufferevent_get_input(upstream_->bev.get())) > 0 || upstreamEof_) upstreamRead();
+      }
       return;
     case State::Upgraded:
       touch();
@@ -291,6 +295,7 @@ void ClientConnection::handleRequest() {
   bytesOut_ = 0;
   retried_ = false;
   responseStarted_ = responseDone_ = responseBytesSeen_ = upgradeReady_ = false;
+  upstreamEof_ = clientEof_ = false;
   chunkedToClient_ = closeDelimited_ = false;
   requestDone_ = h.framing == http::Framing::None ||
                  (h.framing == http::Framing::Length && h.contentLength == 0);
@@ -567,22 +572,23 @@ void ClientConnection::upstreamEvent(short what) {
   if (upstream_->reused && !responseBytesSeen_ && !retried_ &&
       request_.head().framing == http::Framing::None) {
     retried_ = true;
+    upstreamEof_ = false;
     ++server_.metrics().upstreamRetries;
     releaseUpstream(false);
     startUpstream(false);
     return;
   }
-  if (eof && response_.headSeen()) {
-    // Drain what is left, then let the parser see the end of the stream
-    // (completes a body delimited by the connection closing).
+  if (eof && responseBytesSeen_) {
+    // Process what is still buffered first (it may be waiting for the client
+    // to drain); upstreamRead sees the end of the stream once it is empty.
+    upstreamEof_ = true;
     upstreamRead();
-    if (state_ != State::Proxying || responseDone_) return;
-    response_.feedEof();
-    if (responseDone_) {
-      finishExchange();
-      return;
-    }
+    return;
   }
+  upstreamFailed(eof, err);
+}
+
+void ClientConnection::upstreamFailed(bool eof, int err) {
   if (!responseStarted_) {
     failUpstream(502, "backend_error", eof ? "backend closed the connection before answering"
                                            : evutil_socket_error_to_string(err));
@@ -622,7 +628,17 @@ void ClientConnection::upstreamRead() {
     }
     if (n == 0) break;
   }
-  if (state_ == State::Proxying && responseDone_) finishExchange();
+  if (state_ != State::Proxying) return;
+  if (!responseDone_ && upstreamEof_ && evbuffer_get_length(in) == 0) {
+    // The backend closed: that ends a body delimited by closing; anything
+    // else is a truncated response.
+    response_.feedEof();
+    if (!responseDone_) {
+      upstreamFailed(true, 0);
+      return;
+    }
+  }
+  if (responseDone_) finishExchange();
 }
 
 bool ClientConnection::onResponseHead(http::ResponseHead& rh) {
@@ -640,6 +656,7 @@ bool ClientConnection::onResponseHead(http::ResponseHead& rh) {
   responseStarted_ = true;
   upstreamHead_.clear();
   if (!requestDone_) clientKeepAlive_ = false;  // answered before the body ended
+  if (closeWhenDone_ || server_.draining()) clientKeepAlive_ = false;
 
   std::vector<std::string_view> connValues;
   for (const auto& hdr : rh.headers)
@@ -726,7 +743,7 @@ void ClientConnection::finishExchange() {
   logAccess();
   sso_.clear();
   osUser_.clear();
-  if (!requestDone_ || !clientKeepAlive_ || closeDelimited_) {
+  if (!requestDone_ || !clientKeepAlive_ || closeDelimited_ || closeWhenDone_) {
     closeAfterFlush();
     return;
   }

@@ -53,6 +53,7 @@ private:
   void upstreamRead();
   void upstreamWrite();
   void upstreamEvent(short what);
+  void upstreamFailed(bool eof, int err);
   void timeout();
 
   // Request phase
