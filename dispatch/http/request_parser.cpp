@@ -90,6 +90,8 @@ bool RequestParser::scanHead(std::string_view buf, size_t& headLen) {
     bool requestLine = scanLines_ == 0;
     if (lf == std::string_view::npos) {
       size_t partial = buf.size() - lineStart;
+      // A CR at the very end may be the start of this line's CRLF.
+      if (partial > 0 && buf.back() == '\r') --partial;
       if (requestLine && partial > limits_.maxRequestLine) {
         fail(414, "request line too long");
         return false;
@@ -260,6 +262,9 @@ int RequestParser::onUrl(http_parser* p, const char* at, size_t len) {
 
 int RequestParser::onHeaderField(http_parser* p, const char* at, size_t len) {
   auto* self = static_cast<RequestParser*>(p->data);
+  // Trailer fields (after a chunked body) never join the head that was
+  // already routed and forwarded; they are dropped.
+  if (self->headDone_) return 0;
   if (self->lastWasValue_ || self->head_.headers.empty()) {
     self->head_.headers.emplace_back();
     self->lastWasValue_ = false;
@@ -270,6 +275,7 @@ int RequestParser::onHeaderField(http_parser* p, const char* at, size_t len) {
 
 int RequestParser::onHeaderValue(http_parser* p, const char* at, size_t len) {
   auto* self = static_cast<RequestParser*>(p->data);
+  if (self->headDone_) return 0;
   self->lastWasValue_ = true;
   self->head_.headers.back().value.append(at, len);
   return 0;

@@ -54,6 +54,7 @@ int ResponseParser::onStatus(http_parser* p, const char* at, size_t len) {
 
 int ResponseParser::onHeaderField(http_parser* p, const char* at, size_t len) {
   auto* self = static_cast<ResponseParser*>(p->data);
+  if (self->headDone_) return 0;  // trailers are dropped, never merged into the head
   if (self->lastWasValue_ || self->head_.headers.empty()) {
     if (self->head_.headers.size() >= self->maxHeaders_) {
       self->error_ = "too many header fields in response";
@@ -68,6 +69,7 @@ int ResponseParser::onHeaderField(http_parser* p, const char* at, size_t len) {
 
 int ResponseParser::onHeaderValue(http_parser* p, const char* at, size_t len) {
   auto* self = static_cast<ResponseParser*>(p->data);
+  if (self->headDone_) return 0;
   self->lastWasValue_ = true;
   self->head_.headers.back().value.append(at, len);
   return 0;
