@@ -1,5 +1,6 @@
 #include "dispatch/config.h"
 
+#include <cctype>
 #include <functional>
 #include <map>
 
@@ -72,6 +73,54 @@ Setter path(std::string Config::*field) {
   return [=](Config& c, std::string_view v) -> std::string {
     if (v.empty() || v.front() != '/') return "expected an absolute path";
     c.*field = std::string(v);
+    return "";
+  };
+}
+
+Setter mintBool(bool MintConfig::*field) {
+  return [=](Config& c, std::string_view v) -> std::string {
+    auto b = parseBool(v);
+    if (!b) return "expected yes or no";
+    c.mint.*field = *b;
+    return "";
+  };
+}
+
+Setter mintDuration(milliseconds MintConfig::*field, bool allowZero) {
+  return [=](Config& c, std::string_view v) -> std::string {
+    auto d = parseDuration(v);
+    if (!d) return "expected a duration such as 10s, 250ms, 2m or 1h";
+    if (!allowZero && d->count() == 0) return "must be greater than zero";
+    c.mint.*field = *d;
+    return "";
+  };
+}
+
+bool validPath(std::string_view p) {
+  if (p.empty() || p.front() != '/' || p.size() > 1024) return false;
+  for (unsigned char ch : p)
+    if (ch <= 0x20 || ch >= 0x7f) return false;
+  return true;
+}
+
+Setter mintCookieName(std::string MintConfig::*field) {
+  return [=](Config& c, std::string_view v) -> std::string {
+    if (v.empty() || v.size() > 64) return "expected a cookie name";
+    for (unsigned char ch : v)
+      if (!(std::isalnum(ch) || ch == '_' || ch == '-' || ch == '.')) return "expected a cookie name of letters, digits, '_', '-', '.'";
+    c.mint.*field = std::string(v);
+    return "";
+  };
+}
+
+Setter mintKeyPath(std::string MintConfig::*field, bool allowEmpty) {
+  return [=](Config& c, std::string_view v) -> std::string {
+    if (v.empty() && allowEmpty) {
+      c.mint.*field = "";
+      return "";
+    }
+    if (v.empty() || v.front() != '/') return "expected an absolute path";
+    c.mint.*field = std::string(v);
     return "";
   };
 }
@@ -171,11 +220,152 @@ const std::map<std::string, std::map<std::string, Setter>>& schema() {
             }},
            {"access_log", boolean(&Config::accessLog)},
        }},
+      {"mint",
+       {
+           {"enabled", mintBool(&MintConfig::enabled)},
+           {"command",
+            [](Config& c, std::string_view v) -> std::string {
+              std::vector<std::string> argv;
+              std::string err;
+              if (!splitCommand(v, argv, err)) return err;
+              if (argv.empty()) return "expected a command";
+              if (argv[0].empty() || argv[0].front() != '/')
+                return "the program must be an absolute path (no PATH search, no shell)";
+              // A placeholder is {name} with name of [a-z_]; other braces are literal.
+              for (const auto& a : argv) {
+                for (size_t i = a.find('{'); i != std::string::npos; i = a.find('{', i + 1)) {
+                  size_t j = i + 1;
+                  while (j < a.size() && (std::islower(static_cast<unsigned char>(a[j])) || a[j] == '_')) ++j;
+                  if (j == i + 1 || j >= a.size() || a[j] != '}') continue;
+                  std::string_view name = std::string_view(a).substr(i + 1, j - i - 1);
+                  if (name != "os_user" && name != "home" && name != "port")
+                    return "unknown placeholder {" + std::string(name) + "} (known: {os_user}, {home}, {port})";
+                }
+              }
+              c.mint.command = std::move(argv);
+              return "";
+            }},
+           {"timeout", mintDuration(&MintConfig::timeout, false)},
+           {"max_output",
+            [](Config& c, std::string_view v) -> std::string {
+              auto n = parseSize(v);
+              if (!n || *n < 64 || *n > (16u << 20)) return "expected a size between 64 and 16M";
+              c.mint.maxOutput = *n;
+              return "";
+            }},
+           {"credential_pointer",
+            [](Config& c, std::string_view v) -> std::string {
+              if (v.empty() || v.front() != '/') return "expected a JSON pointer such as /credential";
+              c.mint.credentialPointer = std::string(v);
+              return "";
+            }},
+           {"exchange_method",
+            [](Config& c, std::string_view v) -> std::string {
+              if (v != "POST" && v != "PUT" && v != "GET" && v != "PATCH") return "expected POST, PUT, PATCH or GET";
+              c.mint.exchangeMethod = std::string(v);
+              return "";
+            }},
+           {"exchange_path",
+            [](Config& c, std::string_view v) -> std::string {
+              if (!validPath(v)) return "expected an absolute path without spaces";
+              c.mint.exchangePath = std::string(v);
+              return "";
+            }},
+           {"exchange_body",
+            [](Config& c, std::string_view v) -> std::string {
+              if (v.find("{credential}") == std::string_view::npos) return "must contain {credential}";
+              if (v.find_first_of("\r\n") != std::string_view::npos) return "must be one line";
+              c.mint.exchangeBody = std::string(v);
+              return "";
+            }},
+           {"exchange_content_type",
+            [](Config& c, std::string_view v) -> std::string {
+              if (v.empty() || v.size() > 128 || v.find_first_of("\r\n") != std::string_view::npos)
+                return "expected a media type";
+              c.mint.exchangeContentType = std::string(v);
+              return "";
+            }},
+           {"cookie_name", mintCookieName(&MintConfig::cookieName)},
+           {"session_check_path",
+            [](Config& c, std::string_view v) -> std::string {
+              if (!v.empty() && !validPath(v)) return "expected an absolute path, or empty";
+              c.mint.sessionCheckPath = std::string(v);
+              return "";
+            }},
+           {"secure_cookies", mintBool(&MintConfig::secureCookies)},
+           {"bind_cookie_name", mintCookieName(&MintConfig::bindCookieName)},
+           {"bind_key_file", mintKeyPath(&MintConfig::bindKeyFile, false)},
+           {"bind_key_previous_file", mintKeyPath(&MintConfig::bindKeyPreviousFile, true)},
+           {"bind_max_age", mintDuration(&MintConfig::bindMaxAge, false)},
+           {"reuse_window", mintDuration(&MintConfig::reuseWindow, true)},
+           {"rate_limit",
+            [](Config& c, std::string_view v) -> std::string {
+              auto n = parseUnsigned(v);
+              if (!n || *n == 0 || *n > 100000) return "expected a number of mints, at least 1";
+              c.mint.rateLimit = *n;
+              return "";
+            }},
+           {"rate_limit_window", mintDuration(&MintConfig::rateLimitWindow, false)},
+           {"public_origins",
+            [](Config& c, std::string_view v) -> std::string {
+              auto items = splitList(v);
+              for (auto& o : items) {
+                bool scheme = o.rfind("http://", 0) == 0 || o.rfind("https://", 0) == 0;
+                size_t hostStart = o.find("://") + 3;
+                if (!scheme || o.size() <= hostStart || o.find('/', hostStart) != std::string::npos)
+                  return "invalid origin \"" + o + "\" (expected scheme://host[:port])";
+                for (auto& ch : o) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+              }
+              c.mint.publicOrigins = std::move(items);
+              return "";
+            }},
+       }},
   };
   return s;
 }
 
 }  // namespace
+
+bool splitCommand(std::string_view text, std::vector<std::string>& argv, std::string& error) {
+  argv.clear();
+  std::string cur;
+  bool inWord = false;
+  bool quoted = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    char ch = text[i];
+    if (quoted) {
+      if (ch == '\\' && i + 1 < text.size()) {
+        cur.push_back(text[++i]);
+      } else if (ch == '"') {
+        quoted = false;
+      } else {
+        cur.push_back(ch);
+      }
+      continue;
+    }
+    if (ch == '"') {
+      quoted = true;
+      inWord = true;
+    } else if (ch == ' ' || ch == '\t') {
+      if (inWord) argv.push_back(std::move(cur));
+      cur.clear();
+      inWord = false;
+    } else {
+      if (static_cast<unsigned char>(ch) < 0x20) {
+        error = "control character in command";
+        return false;
+      }
+      cur.push_back(ch);
+      inWord = true;
+    }
+  }
+  if (quoted) {
+    error = "unterminated quote in command";
+    return false;
+  }
+  if (inWord) argv.push_back(std::move(cur));
+  return true;
+}
 
 bool parseConfig(std::string_view text, const std::string& sourceName, Config& config,
                  std::vector<ConfigError>& errors) {

@@ -13,6 +13,34 @@ namespace usher::dispatch {
 
 using std::chrono::milliseconds;
 
+// How a session is obtained for a user (DESIGN.md, "Mint"). Defaults: t3.
+struct MintConfig {
+  bool enabled = true;
+  std::vector<std::string> command{"/usr/bin/sudo", "-n", "-u", "{os_user}", "/usr/libexec/usher/t3-mint"};
+  milliseconds timeout{10'000};
+  uint64_t maxOutput = 64 * 1024;
+  std::string credentialPointer = "/credential";
+  std::string exchangeMethod = "POST";
+  std::string exchangePath = "/api/auth/bootstrap";
+  std::string exchangeBody = R"({"credential":"{credential}"})";
+  std::string exchangeContentType = "application/json";
+  std::string cookieName = "t3_session";
+  std::string sessionCheckPath = "/api/auth/session";  // "" = no check
+  bool secureCookies = true;
+  std::string bindCookieName = "usher_bind";
+  std::string bindKeyFile = "/etc/usher/bind.key";
+  std::string bindKeyPreviousFile;
+  milliseconds bindMaxAge{30LL * 24 * 3600 * 1000};
+  milliseconds reuseWindow{30'000};
+  uint64_t rateLimit = 10;
+  milliseconds rateLimitWindow{60'000};
+  std::vector<std::string> publicOrigins;  // "" = the request's own origin
+};
+
+// Splits a command line into argv: whitespace separates, double quotes group,
+// backslash escapes the next character inside quotes. No shell semantics.
+bool splitCommand(std::string_view text, std::vector<std::string>& argv, std::string& error);
+
 struct Config {
   std::string sourcePath;  // file it was read from, "" for embedded defaults
 
@@ -56,6 +84,9 @@ struct Config {
   // [log]
   std::string logLevel = "info";
   bool accessLog = true;
+
+  // [mint]
+  MintConfig mint;
 };
 
 struct ConfigError {

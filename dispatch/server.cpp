@@ -30,6 +30,7 @@ Server::~Server() {
   for (auto* c : retired_) delete c;
   connections_.clear();
   retired_.clear();
+  mint_.reset();
   admin_.reset();
   watch_.reset();
   pool_.reset();
@@ -44,6 +45,15 @@ bool Server::init() {
   if (!base_) {
     spdlog::critical(LogLine("fatal").kv("msg", "cannot create event loop").str());
     return false;
+  }
+  if (config_.mint.enabled) {
+    std::string err;
+    bindKeys_ = BindKeys::load(config_.mint.bindKeyFile, config_.mint.bindKeyPreviousFile, err);
+    if (!bindKeys_) {
+      spdlog::critical(LogLine("fatal").kv("msg", err).kv("hint", "or set [mint] enabled = no").str());
+      return false;
+    }
+    mint_ = std::make_unique<MintService>(base_.get(), config_.mint, metrics_);
   }
   for (const auto& l : config_.listen) {
     auto addr = net::parseAddress(l);

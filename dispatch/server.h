@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -13,6 +14,8 @@
 #include "dispatch/net/libevent.h"
 #include "dispatch/proxy/directory.h"
 #include "dispatch/proxy/upstream_pool.h"
+#include "dispatch/session/bind_cookie.h"
+#include "dispatch/session/mint_service.h"
 
 namespace usher::dispatch {
 
@@ -38,6 +41,9 @@ public:
   Metrics& metrics() { return metrics_; }
   const Directory& directory() const { return directory_; }
   UpstreamPool& pool() { return *pool_; }
+  // Minting, when [mint] enabled = yes (both null otherwise).
+  MintService* mint() { return mint_.get(); }
+  const BindKeys* bindKeys() const { return bindKeys_ ? &*bindKeys_ : nullptr; }
   bool draining() const { return draining_; }
 
   // Called by a connection that has closed; it is freed on the next loop pass
@@ -67,6 +73,8 @@ private:
   Metrics metrics_;
   Directory directory_;
   std::unique_ptr<UpstreamPool> pool_;
+  std::optional<BindKeys> bindKeys_;
+  std::unique_ptr<MintService> mint_;
   std::vector<net::ListenerPtr> listeners_;
   std::vector<net::Address> bound_;
   std::vector<net::EventPtr> signals_;

@@ -31,6 +31,18 @@ std::string Metrics::render() const {
   out += fmt::format("usher_upstream_retries_total {}\n", upstreamRetries);
   family("usher_revoked_connections_total", "counter", "Connections closed because their user left the map.");
   out += fmt::format("usher_revoked_connections_total {}\n", revokedConnections);
+  family("usher_mints_total", "counter", "Session mints, by result (ok or why it failed).");
+  for (const auto& [result, n] : mints) out += fmt::format("usher_mints_total{{result=\"{}\"}} {}\n", result, n);
+  family("usher_remints_total", "counter", "Mints asked for because a backend refused an injected session (401).");
+  out += fmt::format("usher_remints_total {}\n", remints);
+  family("usher_mint_duration_seconds", "histogram", "Time from starting a mint to its result.");
+  for (size_t i = 0; i < Histogram::kBounds.size(); ++i)
+    out += fmt::format("usher_mint_duration_seconds_bucket{{le=\"{}\"}} {}\n", Histogram::kBounds[i], mintDuration.counts[i]);
+  out += fmt::format("usher_mint_duration_seconds_bucket{{le=\"+Inf\"}} {}\n", mintDuration.count);
+  out += fmt::format("usher_mint_duration_seconds_sum {}\n", mintDuration.sum);
+  out += fmt::format("usher_mint_duration_seconds_count {}\n", mintDuration.count);
+  family("usher_bind_checks_total", "counter", "Bind-cookie checks, by result.");
+  for (const auto& [result, n] : bindChecks) out += fmt::format("usher_bind_checks_total{{result=\"{}\"}} {}\n", result, n);
   family("usher_map_entries", "gauge", "Users in the loaded user map.");
   out += fmt::format("usher_map_entries {}\n", mapEntries);
   family("usher_state_entries", "gauge", "Backends in the loaded state file.");

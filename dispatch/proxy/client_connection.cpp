@@ -8,12 +8,14 @@
 #include <cstring>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include "common/logfmt.h"
 #include "common/usermap.h"
 #include "dispatch/http/headers.h"
 #include "dispatch/server.h"
+#include "dispatch/session/cookies.h"
 
 namespace usher::dispatch {
 
@@ -39,6 +41,9 @@ std::string_view refusalText(std::string_view reason) {
   if (reason == "backend_timeout") return "Your workspace did not answer in time.";
   if (reason == "backend_error") return "Your workspace sent an answer this gateway could not understand.";
   if (reason == "client_timeout") return "The request took too long to arrive.";
+  if (reason == "mint_failed") return "Signing you in to your workspace failed. Try again in a moment; if it keeps failing, tell an administrator.";
+  if (reason == "mint_rate_limited") return "Too many sign-in attempts for your workspace. Wait a minute and try again.";
+  if (reason == "cross_site") return "This request came from another site and was refused to protect your workspace.";
   return "The request could not be understood.";
 }
 
@@ -159,6 +164,11 @@ void ClientConnection::timeout() {
       spdlog::info(LogLine("upgraded_idle").kv("conn", id_).kv("user", sso_).str());
       close();
       return;
+    case State::WaitingMint:
+      if (mintTicket_) server_.mint()->cancel(mintTicket_);
+      mintTicket_ = 0;
+      refuse(502, "mint_failed", "timeout", !requestDone_);
+      return;
     case State::Lingering:
     case State::Closed:
       close();
@@ -181,6 +191,10 @@ void ClientConnection::clientRead() {
     case State::Upgraded:
       touch();
       pumpUpgraded();
+      return;
+    case State::WaitingMint:
+      // The body waits in the buffer (bounded by the read watermark) until
+      // the session is there; nothing goes to the backend before.
       return;
     case State::Lingering: {
       evbuffer* in = bufferevent_get_input(client_.get());
@@ -233,6 +247,10 @@ void ClientConnection::clientEvent(short what) {
   switch (state_) {
     case State::ReadingHead:
     case State::Lingering:
+      close();
+      return;
+    case State::WaitingMint:
+      if (status_ == 0) status_ = 499;
       close();
       return;
     case State::Proxying:
@@ -304,12 +322,140 @@ void ClientConnection::handleRequest() {
   clientKeepAlive_ = h.keepAlive && h.versionMinor == 1 && !closeWhenDone_ && !server_.draining();
   expectUpgrade_ = h.upgrade;
 
+  sessionBound_ = injected_ = remintTried_ = remintPending_ = resignBind_ = clearBind_ = false;
+  browserAppCookie_.clear();
   if (!routeRequest()) return;
+  if (server_.mint()) {
+    if (!originAllowed()) return;
+    if (!sessionReady()) return;  // a mint is under way; onMintDone continues
+  }
+  proceedUpstream();
+}
 
+void ClientConnection::proceedUpstream() {
   state_ = State::Proxying;
   upstreamHead_ = buildUpstreamHead(backendKey_);
   if (!startUpstream(true)) return;
   pumpRequestBody();
+}
+
+// Cross-site requests must not ride an injected session (DESIGN.md, security
+// model): WebSocket upgrades and state-changing methods are checked against
+// the public origin(s) on Origin, else Sec-Fetch-Site. Clients that send
+// neither (curl, scripts) are not browsers and carry no ambient cookies.
+bool ClientConnection::originAllowed() {
+  const auto& h = request_.head();
+  auto m = h.methodCode;
+  bool unsafe = h.upgrade || m == HTTP_POST || m == HTTP_PUT || m == HTTP_PATCH || m == HTTP_DELETE;
+  if (!unsafe) return true;
+  auto lower = [](std::string s) {
+    for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return s;
+  };
+  auto normalize = [&](std::string o) {
+    o = lower(std::move(o));
+    if (o.size() > 3 && o.rfind("http://", 0) == 0 && o.compare(o.size() - 3, 3, ":80") == 0) o.resize(o.size() - 3);
+    if (o.size() > 4 && o.rfind("https://", 0) == 0 && o.compare(o.size() - 4, 4, ":443") == 0) o.resize(o.size() - 4);
+    return o;
+  };
+  const http::Header* origin = h.find("origin");
+  if (origin) {
+    std::string o = normalize(origin->value);
+    const auto& allowed = server_.config().mint.publicOrigins;
+    bool ok = false;
+    if (!allowed.empty()) {
+      for (const auto& a : allowed)
+        if (normalize(a) == o) ok = true;
+    } else {
+      const http::Header* proto = h.find("x-forwarded-proto");
+      const http::Header* host = h.find("x-forwarded-host");
+      if (!host) host = h.find("host");
+      std::string scheme = proto && (proto->value == "https" || proto->value == "http") ? proto->value : "http";
+      ok = host && normalize(scheme + "://" + host->value) == o;
+    }
+    if (!ok) {
+      refuse(403, "cross_site", std::string("Origin ") + origin->value.substr(0, 128), !requestDone_);
+      return false;
+    }
+    return true;
+  }
+  const http::Header* site = h.find("sec-fetch-site");
+  if (site && !iequals(site->value, "same-origin") && !iequals(site->value, "none")) {
+    refuse(403, "cross_site", "Sec-Fetch-Site " + site->value.substr(0, 32), !requestDone_);
+    return false;
+  }
+  return true;
+}
+
+// Does this request carry a session bound to the identity it asserts? If
+// not, a mint starts (or is joined) and false is returned.
+bool ClientConnection::sessionReady() {
+  const auto& m = server_.config().mint;
+  std::string bindToken;
+  std::string appCookie;
+  for (const auto& hdr : request_.head().headers) {
+    if (!iequals(hdr.name, "cookie")) continue;
+    for (const auto& c : parseCookies(hdr.value)) {
+      if (c.name == m.bindCookieName) bindToken = std::string(c.value);
+      else if (c.name == m.cookieName) appCookie = std::string(c.value);
+    }
+  }
+  auto& checks = server_.metrics().bindChecks;
+  if (!bindToken.empty()) {
+    timeval tv;
+    event_base_gettimeofday_cached(server_.base(), &tv);
+    auto verdict = server_.bindKeys()->verify(bindToken, sso_, osUser_, backendKey_, tv.tv_sec,
+                                              m.bindMaxAge.count() / 1000);
+    switch (verdict) {
+      case BindKeys::Verdict::Valid: ++checks["valid"]; break;
+      case BindKeys::Verdict::ValidPrevious: ++checks["previous_key"]; break;
+      case BindKeys::Verdict::Expired: ++checks["expired"]; break;
+      case BindKeys::Verdict::Invalid: ++checks["invalid"]; break;
+    }
+    bool good = verdict == BindKeys::Verdict::Valid || verdict == BindKeys::Verdict::ValidPrevious;
+    if (good && !appCookie.empty() && validCookieValue(appCookie)) {
+      sessionBound_ = true;
+      resignBind_ = verdict == BindKeys::Verdict::ValidPrevious;
+      browserAppCookie_ = appCookie;
+      return true;
+    }
+  } else {
+    ++checks["absent"];
+  }
+  startMint("");
+  return false;
+}
+
+void ClientConnection::startMint(const std::string& failedCookie) {
+  state_ = State::WaitingMint;
+  MintTarget target;
+  target.ssoName = sso_;
+  target.osUser = osUser_;
+  target.backend = backendAddr_;
+  target.hostHeader = backendKey_;
+  for (const auto& a : server_.config().mint.command) {
+    if (a.find("{home}") != std::string::npos) {
+      auto info = systemOsUserLookup()(osUser_);
+      if (info) target.home = info->home;
+      break;
+    }
+  }
+  // Past the mint's own deadline something is wrong; do not wait forever.
+  armTimer(server_.config().mint.timeout + milliseconds(5000));
+  mintTicket_ = server_.mint()->acquire(target, failedCookie, [this](const MintOutcome& o) { onMintDone(o); });
+}
+
+void ClientConnection::onMintDone(const MintOutcome& outcome) {
+  mintTicket_ = 0;
+  if (state_ != State::WaitingMint) return;
+  if (!outcome.ok) {
+    refuse(outcome.status, outcome.reason, outcome.detail, !requestDone_);
+    return;
+  }
+  minted_ = outcome;
+  injected_ = true;
+  sessionBound_ = false;
+  proceedUpstream();
 }
 
 // Trust, identity, map, state: each refusal has its status and audit reason.
@@ -406,9 +552,11 @@ std::string ClientConnection::buildUpstreamHead(const std::string& backendKey) {
       if (xfHost.empty()) xfHost = hdr.value;
       continue;
     }
+    if (iequals(n, "cookie")) continue;  // rebuilt below without Usher's own cookies
     if (iequals(n, "host")) host = &hdr.value;
     out.append(n).append(": ").append(hdr.value).append("\r\n");
   }
+  appendCookieHeader(out);
   if (h.framing == http::Framing::Length) {
     out.append("Content-Length: ").append(std::to_string(h.contentLength)).append("\r\n");
   } else if (h.framing == http::Framing::Chunked) {
@@ -428,6 +576,55 @@ std::string ClientConnection::buildUpstreamHead(const std::string& backendKey) {
   if (!cfg.forwardUserHeader.empty()) out.append(cfg.forwardUserHeader).append(": ").append(sso_).append("\r\n");
   out.append("\r\n");
   return out;
+}
+
+// One Cookie header for the backend: never Usher's bind cookie; the app's
+// session cookie only when it is bound to this identity, or the one just
+// minted for it.
+void ClientConnection::appendCookieHeader(std::string& out) {
+  const auto& m = server_.config().mint;
+  bool minting = server_.mint() != nullptr;
+  std::string cookies;
+  for (const auto& hdr : request_.head().headers) {
+    if (!iequals(hdr.name, "cookie")) continue;
+    for (const auto& c : parseCookies(hdr.value)) {
+      if (c.name == m.bindCookieName) continue;
+      if (minting && c.name == m.cookieName && (injected_ || !sessionBound_)) continue;
+      if (!cookies.empty()) cookies.append("; ");
+      if (!c.name.empty()) cookies.append(c.name).append("=");
+      cookies.append(c.value);
+    }
+  }
+  if (injected_) {
+    if (!cookies.empty()) cookies.append("; ");
+    cookies.append(m.cookieName).append("=").append(minted_.cookieValue);
+  }
+  if (!cookies.empty()) out.append("Cookie: ").append(cookies).append("\r\n");
+}
+
+// Set-Cookie lines for the browser: the minted app cookie with normalised
+// attributes and a fresh bind cookie; or a re-signed bind cookie after key
+// rotation; or the bind cookie's removal.
+void ClientConnection::appendSessionCookies(std::string& head) {
+  if (!server_.mint()) return;
+  const auto& m = server_.config().mint;
+  timeval tv;
+  event_base_gettimeofday_cached(server_.base(), &tv);
+  if (injected_) {
+    head.append("Set-Cookie: ")
+        .append(formatSetCookie(m.cookieName, minted_.cookieValue, minted_.cookieExpires, minted_.cookieMaxAge,
+                                m.secureCookies))
+        .append("\r\n");
+  }
+  if (injected_ || resignBind_) {
+    std::string token = server_.bindKeys()->sign(sso_, osUser_, backendKey_, tv.tv_sec);
+    head.append("Set-Cookie: ")
+        .append(formatSetCookie(m.bindCookieName, token, "", std::to_string(m.bindMaxAge.count() / 1000),
+                                m.secureCookies))
+        .append("\r\n");
+  } else if (clearBind_) {
+    head.append("Set-Cookie: ").append(formatDeleteCookie(m.bindCookieName, m.secureCookies)).append("\r\n");
+  }
 }
 
 bool ClientConnection::startUpstream(bool allowPooled) {
@@ -622,6 +819,17 @@ void ClientConnection::upstreamRead() {
       return;
     }
     evbuffer_drain(in, n);
+    if (remintPending_) {
+      // Drop this backend connection (its 401 is unread) and ask for a new
+      // session; the request goes out again once it is there.
+      remintPending_ = false;
+      remintTried_ = true;
+      std::string failed = injected_ ? minted_.cookieValue : browserAppCookie_;
+      releaseUpstream(false);
+      spdlog::info(LogLine("remint").kv("conn", id_).kv("user", sso_).kv("os_user", osUser_).str());
+      startMint(failed);
+      return;
+    }
     if (upgradeReady_) {
       becomeUpgraded();
       return;
@@ -652,6 +860,18 @@ bool ClientConnection::onResponseHead(http::ResponseHead& rh) {
     return true;
   }
   if (rh.status == 101 && !expectUpgrade_) return false;  // never switch unasked
+  if (rh.status == 401 && (injected_ || sessionBound_)) {
+    // The app refused a session Usher vouched for (expired, revoked). A
+    // request without a body can be replayed: mint again and retry, once.
+    if (request_.head().framing == http::Framing::None && !remintTried_) {
+      remintPending_ = true;
+      return true;
+    }
+    server_.mint()->forget(osUser_, backendAddr_, injected_ ? minted_.cookieValue : browserAppCookie_);
+    clearBind_ = true;
+    injected_ = false;
+    resignBind_ = false;
+  }
   status_ = rh.status;
   responseStarted_ = true;
   upstreamHead_.clear();
@@ -687,7 +907,9 @@ bool ClientConnection::onResponseHead(http::ResponseHead& rh) {
     const http::Header* up = nullptr;
     for (const auto& hdr : rh.headers)
       if (iequals(hdr.name, "upgrade")) up = &hdr;
-    head.append("Connection: upgrade\r\nUpgrade: ").append(up ? up->value : "websocket").append("\r\n\r\n");
+    head.append("Connection: upgrade\r\nUpgrade: ").append(up ? up->value : "websocket").append("\r\n");
+    appendSessionCookies(head);
+    head.append("\r\n");
     evbuffer_add(out, head.data(), head.size());
     return true;
   }
@@ -709,12 +931,14 @@ bool ClientConnection::onResponseHead(http::ResponseHead& rh) {
       break;
   }
   if (!clientKeepAlive_) head.append("Connection: close\r\n");
+  appendSessionCookies(head);
   head.append("\r\n");
   evbuffer_add(out, head.data(), head.size());
   return true;
 }
 
 void ClientConnection::onResponseBody(std::string_view data) {
+  if (remintPending_) return;  // the swallowed 401's body
   evbuffer* out = bufferevent_get_output(client_.get());
   bytesOut_ += data.size();
   if (chunkedToClient_) appendChunk(out, data);
@@ -722,6 +946,7 @@ void ClientConnection::onResponseBody(std::string_view data) {
 }
 
 void ClientConnection::onResponseComplete() {
+  if (remintPending_) return;
   const auto& rh = response_.head();
   if (rh.status / 100 == 1 && rh.status != 101) {
     response_.reset(request_.head().methodCode == HTTP_HEAD);
@@ -821,14 +1046,14 @@ void ClientConnection::refuse(int status, std::string_view reason, std::string_v
   if (!detail.empty()) audit.kv("detail", detail);
   spdlog::warn(audit.str());
 
-  std::string body(refusalText(reason));
-  if (reason == "bad_request" && !detail.empty()) body.append(" (").append(detail).append(")");
-  body.append("\n");
+  std::string contentType;
+  std::string body = refusalBody(status, reason, detail, contentType);
   bool close = closeAfter || !clientKeepAlive_ || !requestDone_;
   std::string head = fmt::format(
-      "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n"
-      "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n{}\r\n",
-      status, http::reasonPhrase(status), body.size(), close ? "Connection: close\r\n" : "");
+      "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n"
+      "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n{}",
+      status, http::reasonPhrase(status), contentType, body.size(), close ? "Connection: close\r\n" : "");
+  head.append("\r\n");
   evbuffer* out = bufferevent_get_output(client_.get());
   evbuffer_add(out, head.data(), head.size());
   if (request_.head().methodCode != HTTP_HEAD || method_.empty()) evbuffer_add(out, body.data(), body.size());
@@ -849,6 +1074,48 @@ void ClientConnection::refuse(int status, std::string_view reason, std::string_v
   request_.reset();
   method_.clear();
   armTimer(server_.config().keepaliveIdle);
+}
+
+// Browsers get a short page, API clients JSON, everything else plain text.
+std::string ClientConnection::refusalBody(int status, std::string_view reason, std::string_view detail,
+                                          std::string& contentType) {
+  std::string text(refusalText(reason));
+  if (reason == "bad_request" && !detail.empty()) text.append(" (").append(detail).append(")");
+  std::string_view accept;
+  if (!method_.empty())
+    if (const http::Header* a = request_.head().find("accept")) accept = a->value;
+  size_t json = accept.find("application/json");
+  size_t html = accept.find("text/html");
+  if (json != std::string_view::npos && (html == std::string_view::npos || json < html)) {
+    contentType = "application/json";
+    nlohmann::json j = {{"status", status}, {"error", reason}, {"message", text}};
+    if (!detail.empty() && reason != "bad_request") j["detail"] = detail;
+    return j.dump() + "\n";
+  }
+  if (html != std::string_view::npos) {
+    contentType = "text/html; charset=utf-8";
+    auto escape = [](std::string_view s) {
+      std::string o;
+      for (char c : s) {
+        switch (c) {
+          case '<': o += "&lt;"; break;
+          case '>': o += "&gt;"; break;
+          case '&': o += "&amp;"; break;
+          case '"': o += "&quot;"; break;
+          default: o.push_back(c);
+        }
+      }
+      return o;
+    };
+    return fmt::format(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{} {}</title>"
+        "<style>body{{font-family:system-ui,sans-serif;max-width:36em;margin:4em auto;padding:0 1em;color:#222}}"
+        "small{{color:#777}}</style></head>\n<body><h1>{}</h1><p>{}</p><p><small>{} {}{}</small></p></body></html>\n",
+        status, http::reasonPhrase(status), escape(http::reasonPhrase(status)), escape(text), status,
+        escape(reason), detail.empty() || reason == "bad_request" ? "" : " &middot; " + escape(detail));
+  }
+  contentType = "text/plain; charset=utf-8";
+  return text + "\n";
 }
 
 void ClientConnection::failUpstream(int status, std::string_view reason, std::string_view detail) {
@@ -908,11 +1175,13 @@ void ClientConnection::close() {
   if (state_ == State::Upgraded) {
     --server_.metrics().websocketsActive;
     logAccess();
-  } else if (state_ == State::Proxying) {
+  } else if (state_ == State::Proxying || state_ == State::WaitingMint) {
     if (status_ == 0) status_ = 502;
     logAccess();
   }
   state_ = State::Closed;
+  if (mintTicket_ && server_.mint()) server_.mint()->cancel(mintTicket_);
+  mintTicket_ = 0;
   upstream_.reset();
   if (timer_) evtimer_del(timer_.get());
   // Freed here even inside its own callback: libevent holds a reference for

@@ -12,6 +12,7 @@
 #include "dispatch/net/address.h"
 #include "dispatch/net/libevent.h"
 #include "dispatch/proxy/upstream_pool.h"
+#include "dispatch/session/mint_service.h"
 
 namespace usher::dispatch {
 
@@ -36,7 +37,7 @@ public:
   bool idle() const { return state_ == State::ReadingHead && !headStarted_; }
 
 private:
-  enum class State { ReadingHead, Proxying, Upgraded, Lingering, Closed };
+  enum class State { ReadingHead, WaitingMint, Proxying, Upgraded, Lingering, Closed };
 
   // libevent trampolines
   static void onClientRead(bufferevent*, void* arg);
@@ -60,6 +61,14 @@ private:
   void readHeads();
   void handleRequest();
   bool routeRequest();
+  // Transparent login
+  bool originAllowed();
+  bool sessionReady();
+  void startMint(const std::string& failedCookie);
+  void onMintDone(const MintOutcome& outcome);
+  void proceedUpstream();
+  void appendCookieHeader(std::string& out);
+  void appendSessionCookies(std::string& head);
   std::string buildUpstreamHead(const std::string& backendKey);
   bool startUpstream(bool allowPooled);
   void pumpRequestBody();
@@ -74,6 +83,7 @@ private:
   void maybeFinishUpgraded();
   // Errors and endings
   void refuse(int status, std::string_view reason, std::string_view detail, bool closeAfter);
+  std::string refusalBody(int status, std::string_view reason, std::string_view detail, std::string& contentType);
   void failUpstream(int status, std::string_view reason, std::string_view detail);
   void abortExchange(std::string_view why);
   void releaseUpstream(bool reusable);
@@ -120,6 +130,16 @@ private:
   std::chrono::steady_clock::time_point started_;
   bool responseBytesSeen_ = false;
   bool upgradeReady_ = false;    // 101 parsed; switch once the parser returns
+  // Session (when minting is on)
+  uint64_t mintTicket_ = 0;
+  bool sessionBound_ = false;    // the browser's bind cookie matched this identity
+  bool injected_ = false;        // a freshly minted cookie goes with this request
+  bool remintTried_ = false;     // at most one re-mint per request
+  bool remintPending_ = false;   // a 401 to an injected session is being swallowed
+  bool resignBind_ = false;      // bind cookie signed with the previous key
+  bool clearBind_ = false;       // tell the browser to drop its bind cookie
+  std::string browserAppCookie_;
+  MintOutcome minted_;
   // Upgraded splice
   bool clientEof_ = false;
   bool upstreamEof_ = false;

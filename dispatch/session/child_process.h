@@ -1,0 +1,79 @@
+// Runs a command inside the event loop without blocking it: no shell, a
+// fixed minimal environment, stdin from /dev/null, its own process group
+// (killed whole on timeout or when its output runs over the cap), stdout
+// captured up to a cap, stderr kept (truncated) for the log.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dispatch/net/libevent.h"
+
+namespace usher::dispatch {
+
+struct ChildResult {
+  enum class Outcome { Exited, Signaled, Timeout, OutputTooLarge, SpawnFailed } outcome = Outcome::SpawnFailed;
+  int exitStatus = 0;    // Exited
+  int signal = 0;        // Signaled
+  int spawnErrno = 0;    // SpawnFailed (ENOENT: command missing)
+  std::string stdoutData;
+  std::string stderrData;  // first kStderrKeep bytes
+  std::chrono::microseconds duration{0};
+};
+
+class ChildProcess {
+public:
+  static constexpr size_t kStderrKeep = 2048;
+  using Done = std::function<void(ChildResult&)>;
+
+  ChildProcess(event_base* base, std::vector<std::string> argv, std::chrono::milliseconds timeout,
+               size_t maxStdout, Done done);
+  ~ChildProcess();  // kills the process group if still running
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
+
+  // Starts the command; `done` runs later from the loop, exactly once (also
+  // when spawning fails).
+  void start();
+
+  // The environment every command gets.
+  static const std::vector<std::string>& environment();
+
+private:
+  static void onStdout(evutil_socket_t, short, void* arg);
+  static void onStderr(evutil_socket_t, short, void* arg);
+  static void onExit(evutil_socket_t, short, void* arg);
+  static void onTimeout(evutil_socket_t, short, void* arg);
+  static void onDeferredDone(evutil_socket_t, short, void* arg);
+  void readPipe(int& fd, net::EventPtr& ev, std::string& into, size_t cap, bool isStdout);
+  void killGroup();
+  void maybeFinish();
+  void finish();
+
+  event_base* base_;
+  std::vector<std::string> argv_;
+  std::chrono::milliseconds timeout_;
+  size_t maxStdout_;
+  Done done_;
+  ChildResult result_;
+  pid_t pid_ = -1;
+  int pidfd_ = -1;
+  int outFd_ = -1;
+  int errFd_ = -1;
+  bool exited_ = false;
+  bool finished_ = false;
+  bool forcedOutcome_ = false;  // timeout or output cap decided the outcome
+  std::chrono::steady_clock::time_point started_;
+  net::EventPtr outEvent_;
+  net::EventPtr errEvent_;
+  net::EventPtr exitEvent_;
+  net::EventPtr timer_;
+  net::EventPtr deferred_;
+};
+
+}  // namespace usher::dispatch
