@@ -18,7 +18,8 @@ The exchange: POST /login, Content-Type application/x-www-form-urlencoded, body 
 Every other path needs a live notes_sid: GET / -> 200 JSON {app, user, cookie}; else 401.
 
 Files under --store/<user>/: pending/<sha256> (one per unused code), otp.log (one JSON line per
-CLI run: argv and the port it was given; never the code), issued.secret (the codes, for the
+CLI run: argv, the port it was given, --tag, the names of its environment variables; never
+the code), issued.secret (the codes, for the
 tests' secret grep), sessions (live session ids), server.log.
 """
 
@@ -67,7 +68,8 @@ def otp(args):
         f.write(json.dumps({"expires": time.time() + 120}))
     append_line(os.path.join(d, "issued.secret"), code)
     append_line(os.path.join(d, "otp.log"), json.dumps(
-        {"time": time.time(), "argv": sys.argv[1:], "port": args.port, "uid": os.getuid()}))
+        {"time": time.time(), "argv": sys.argv[1:], "port": args.port, "uid": os.getuid(),
+         "tag": args.tag, "env": sorted(os.environ)}))
     sys.stdout.write(json.dumps({"ok": True, "data": {"otp": code, "ttl": 120}}) + "\n")
     return 0
 
@@ -197,6 +199,7 @@ def main():
     o.add_argument("--user", required=True)
     o.add_argument("--home", required=True)
     o.add_argument("--port", required=True, type=int)
+    o.add_argument("--tag", help="recorded as given (shows how the command line was split)")
     args = ap.parse_args()
     return serve(args) if args.cmd == "serve" else otp(args)
 

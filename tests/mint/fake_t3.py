@@ -37,7 +37,8 @@ Files under --base-dir (the server and the CLI share them, as t3's state dir):
   server.log        one JSON line per request (no credential or cookie value in it)
   revoked-before    written by `revoke`: sessions issued before this time are refused
   fault             written by `fault`: bootstrap_500, bootstrap_no_cookie,
-                    bootstrap_401, session_401 (the session check fails for valid cookies)
+                    bootstrap_401, session_401 (the session check fails for valid cookies),
+                    app_401 (every app path answers 401, even with a live cookie)
   cli-delay-ms      if present, `auth pairing create` sleeps this many ms first (lets the
                     tests hold a mint in flight)
   port              the bound port, when --port-file is not given
@@ -423,7 +424,7 @@ class Connection:
             else:
                 status = 401
                 self.respond_json(req, 401, "Unauthorized", {"authenticated": False})
-        elif not claims:
+        elif not claims or self.s.fault() == "app_401":
             self.drain(req)
             status = 401
             self.respond(req, 401, "Unauthorized", "Unauthorized")
@@ -629,7 +630,7 @@ def main(argv=None):
     f = sub.add_parser("fault")
     f.add_argument("--base-dir", required=True)
     f.add_argument("mode", choices=["none", "bootstrap_500", "bootstrap_no_cookie",
-                                    "bootstrap_401", "session_401"])
+                                    "bootstrap_401", "session_401", "app_401"])
     args = ap.parse_args(argv)
     if args.cmd == "serve":
         return serve(args)

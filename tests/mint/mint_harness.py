@@ -611,8 +611,9 @@ class Usher:
         return run_as(DISP, [self.env.binary, "--check-config", "--config", self.config_file])
 
     def start(self, timeout=10.0):
+        # A marker in the dispatcher's environment: a mint command must not inherit it.
         self.proc = popen_as(DISP, [self.env.binary, "--config", self.config_file],
-                             self.log_file)
+                             self.log_file, env={"USHER_TEST_MARKER": "dispatcher-env"})
         wait_for(self._ready, timeout, what="usher-dispatch event=ready")
         return self
 
