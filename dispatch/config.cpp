@@ -198,6 +198,7 @@ const std::map<std::string, std::map<std::string, Setter>>& schema() {
            {"backend_connect", duration(&Config::backendConnect)},
            {"backend_response", duration(&Config::backendResponse)},
            {"upgraded_idle", duration(&Config::upgradedIdle)},
+           {"send", duration(&Config::sendTimeout)},
            {"shutdown_drain", duration(&Config::shutdownDrain, true)},
        }},
       {"upstream",

@@ -74,6 +74,7 @@ struct Config {
   milliseconds backendConnect{5'000};
   milliseconds backendResponse{60'000};
   milliseconds upgradedIdle{3'600'000};
+  milliseconds sendTimeout{60'000};
   milliseconds shutdownDrain{10'000};
 
   // [upstream]

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <map>
 
 #include <spdlog/spdlog.h>
 
@@ -196,19 +197,23 @@ void Server::reload(bool map, bool state) {
 // A user who left the map (or now maps to another OS user) loses access at
 // once: every connection serving them is closed, WebSockets included.
 void Server::revokeStale() {
-  std::vector<ClientConnection*> stale;
+  // One audit line per revoked user, with how many connections it closed.
+  std::map<std::pair<std::string, std::string>, std::vector<ClientConnection*>> stale;
   for (auto* c : connections_) {
-    if (!c->ssoUser().empty() && !directory_.stillMapped(c->ssoUser(), c->osUser())) stale.push_back(c);
+    if (!c->ssoUser().empty() && !directory_.stillMapped(c->ssoUser(), c->osUser()))
+      stale[{c->ssoUser(), c->osUser()}].push_back(c);
   }
-  for (auto* c : stale) {
+  for (auto& [who, conns] : stale) {
+    size_t upgraded = 0;
+    for (auto* c : conns) upgraded += c->upgraded() ? 1 : 0;
     spdlog::warn(LogLine("revoke")
-                     .kv("user", c->ssoUser())
-                     .kv("os_user", c->osUser())
-                     .kv("upgraded", c->upgraded())
-                     .kv("connections", 1)
+                     .kv("user", who.first)
+                     .kv("os_user", who.second)
+                     .kv("connections", conns.size())
+                     .kv("websockets", upgraded)
                      .str());
-    ++metrics_.revokedConnections;
-    c->close();
+    metrics_.revokedConnections += conns.size();
+    for (auto* c : conns) c->close();
   }
 }
 

@@ -351,14 +351,20 @@ bool RequestParser::checkFraming() {
         pos = comma + 1;
       }
     }
-    for (auto c : codings) {
-      if (!iequals(c, "chunked")) {
-        fail(501, "unsupported transfer coding");
-        return false;
-      }
+    // RFC 9112 §6.3: chunked anywhere but last leaves the length unknowable
+    // (400); a coding we do not implement is 501 (§6.1).
+    size_t chunked = static_cast<size_t>(
+        std::count_if(codings.begin(), codings.end(), [](std::string_view c) { return iequals(c, "chunked"); }));
+    if (codings.empty() || chunked > 1 || (chunked == 1 && !iequals(codings.back(), "chunked"))) {
+      fail(400, "malformed Transfer-Encoding");
+      return false;
     }
     if (codings.size() != 1) {
-      fail(400, "malformed Transfer-Encoding");
+      fail(501, "unsupported transfer coding");
+      return false;
+    }
+    if (chunked == 0) {
+      fail(501, "unsupported transfer coding");
       return false;
     }
     h.framing = Framing::Chunked;
@@ -530,6 +536,7 @@ std::string_view reasonPhrase(int status) {
   switch (status) {
     case 100: return "Continue";
     case 101: return "Switching Protocols";
+    case 103: return "Early Hints";
     case 200: return "OK";
     case 204: return "No Content";
     case 304: return "Not Modified";

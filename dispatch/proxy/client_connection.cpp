@@ -130,12 +130,33 @@ void ClientConnection::armTimer(milliseconds ms) {
 
 void ClientConnection::touch() { lastActivity_ = nowMs(server_.base()); }
 
+bool ClientConnection::blockedOnClient() const {
+  return client_ && clientOutputFull();
+}
+
+// The inactivity allowed in the current phase, judged when the timer fires.
+milliseconds ClientConnection::phaseLimit() const {
+  const auto& cfg = server_.config();
+  if (state_ == State::Upgraded) return blockedOnClient() ? std::min(cfg.sendTimeout, cfg.upgradedIdle) : cfg.upgradedIdle;
+  if (!upstream_ || !upstream_->connected) return cfg.backendConnect;
+  if (blockedOnClient()) return cfg.sendTimeout;
+  if (!requestDone_) return cfg.clientBody;
+  return cfg.backendResponse;
+}
+
 void ClientConnection::timeout() {
   if (state_ == State::Proxying || state_ == State::Upgraded) {
     uint64_t idle = nowMs(server_.base()) - lastActivity_;
-    if (idle < static_cast<uint64_t>(timerFor_.count())) {
-      timeval tv = net::toTimeval(milliseconds(timerFor_.count() - static_cast<int64_t>(idle)));
+    milliseconds limit = phaseLimit();
+    if (idle < static_cast<uint64_t>(limit.count())) {
+      timeval tv = net::toTimeval(milliseconds(limit.count() - static_cast<int64_t>(idle)));
       evtimer_add(timer_.get(), &tv);
+      return;
+    }
+    if (blockedOnClient()) {
+      spdlog::info(LogLine("send_timeout").kv("conn", id_).kv("user", sso_).kv("upgraded", state_ == State::Upgraded).str());
+      if (status_ == 0) status_ = 499;
+      close();
       return;
     }
   }
@@ -807,6 +828,7 @@ void ClientConnection::upstreamRead() {
   while (state_ == State::Proxying && !responseDone_ && evbuffer_get_length(in) > 0) {
     if (clientOutputFull()) {
       bufferevent_disable(upstream_->bev.get(), EV_READ);
+      armTimer(phaseLimit());
       return;
     }
     responseBytesSeen_ = true;
@@ -853,8 +875,14 @@ bool ClientConnection::onResponseHead(http::ResponseHead& rh) {
   evbuffer* out = bufferevent_get_output(client_.get());
   if (rh.status / 100 == 1 && rh.status != 101) {
     // Interim (100 Continue, 103 Early Hints): relayed to HTTP/1.1 clients.
+    // Its fields matter (103's Link is the point of Early Hints); hop-by-hop
+    // ones still stay behind.
     if (request_.head().versionMinor == 1) {
-      std::string line = fmt::format("HTTP/1.1 {} {}\r\n\r\n", rh.status, http::reasonPhrase(rh.status));
+      std::string line = fmt::format("HTTP/1.1 {} {}\r\n", rh.status, http::reasonPhrase(rh.status));
+      for (const auto& hdr : rh.headers)
+        if (!http::isHopByHop(hdr.name) && !iequals(hdr.name, "content-length"))
+          line.append(hdr.name).append(": ").append(hdr.value).append("\r\n");
+      line.append("\r\n");
       evbuffer_add(out, line.data(), line.size());
     }
     return true;
@@ -1020,7 +1048,10 @@ void ClientConnection::pumpUpgraded() {
     bytesIn_ += evbuffer_get_length(clientIn);
     evbuffer_add_buffer(upOut, clientIn);
   }
-  if (clientOutputFull()) bufferevent_disable(upstream_->bev.get(), EV_READ);
+  if (clientOutputFull()) {
+    bufferevent_disable(upstream_->bev.get(), EV_READ);
+    armTimer(phaseLimit());
+  }
   if (upstreamOutputFull()) bufferevent_disable(client_.get(), EV_READ);
 }
 

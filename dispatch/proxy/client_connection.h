@@ -91,6 +91,8 @@ private:
   void logAccess();
   void armTimer(std::chrono::milliseconds ms);
   void touch();
+  std::chrono::milliseconds phaseLimit() const;
+  bool blockedOnClient() const;
   bool clientOutputFull() const;
   bool upstreamOutputFull() const;
 
