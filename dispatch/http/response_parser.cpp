@@ -120,8 +120,9 @@ int ResponseParser::onHeadersComplete(http_parser* p) {
     if (self->error_.empty()) self->error_ = "response refused";
     return -1;
   }
-  // 1: tell http-parser there is no body (HEAD responses).
-  return self->headRequest_ ? 1 : 0;
+  // 1: tell http-parser there is no body (HEAD; 1xx, 204, 304 whatever
+  // framing they name, RFC 9110 §15.3.5, §15.4.5).
+  return noBody ? 1 : 0;
 }
 
 int ResponseParser::onBody(http_parser* p, const char* at, size_t len) {
