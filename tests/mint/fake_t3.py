@@ -293,6 +293,7 @@ class Connection:
         self.s = server
         self.sock = sock
         self.buf = bytearray()
+        self.rec = None
 
     # -- reading
     def fill(self):
@@ -370,6 +371,7 @@ class Connection:
         head += "content-length: %d\r\n" % len(body)
         head += "date: %s\r\n" % email.utils.formatdate(usegmt=True)
         head += "connection: %s\r\n\r\n" % ("keep-alive" if self.keep_alive(req) else "close")
+        self.flush_log(status)
         self.sock.sendall(head.encode("latin-1") + (body if req.method != "HEAD" else b""))
 
     def respond_json(self, req, status, reason, obj, extra=()):
@@ -407,11 +409,13 @@ class Connection:
         return None, values
 
     def handle(self, req):
-        body_len = None
         claims, values = self.session(req)
         rec = {"event": "request", "method": req.method, "path": req.path,
                "cookie_names": [k for k, _ in req.cookies()], "session_cookies": len(values),
                "sid": claims and claims["sid"], "content_type": req.get("content-type")}
+        # logged by respond(), before the response leaves: a client that has the response
+        # can read the record
+        self.rec = rec
         if req.method == "POST" and req.path == "/api/auth/bootstrap":
             status = self.bootstrap(req, rec)
         elif req.path == "/api/auth/session":
@@ -429,12 +433,15 @@ class Connection:
             status = 401
             self.respond(req, 401, "Unauthorized", "Unauthorized")
         else:
-            status, body_len = self.app(req, claims, values)
-        rec["status"] = status
-        if body_len is not None:
-            rec["body_bytes"] = body_len
-        self.s.log(**rec)
+            status, _ = self.app(req, claims, values)
+        self.flush_log(status)
         return status
+
+    def flush_log(self, status):
+        if self.rec is not None:
+            self.rec["status"] = status
+            self.s.log(**self.rec)
+            self.rec = None
 
     def drain(self, req):
         for _ in self.body_pieces(req):
@@ -490,6 +497,7 @@ class Connection:
             return 200, None
         if p == "/whoami":
             n = sum(len(x) for x in self.body_pieces(req))
+            self.rec["body_bytes"] = n
             self.respond_json(req, 200, "OK", {
                 "user": self.s.user, "uid": os.getuid(), "gid": os.getgid(), "pid": os.getpid(),
                 "cookie": req.get_all("cookie"), "session_cookies": values,
@@ -504,6 +512,7 @@ class Connection:
             for piece in self.body_pieces(req):
                 h.update(piece)
                 n += len(piece)
+            self.rec["body_bytes"] = n
             self.respond_json(req, 200, "OK", {"bytes": n, "sha256": h.hexdigest(),
                                                "cookie": req.get_all("cookie"),
                                                "user": self.s.user, "uid": os.getuid()})
@@ -532,6 +541,7 @@ class Connection:
             self.respond(req, 400, "Bad Request", "bad websocket handshake")
             return 400
         accept = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
+        self.flush_log(101)
         self.sock.sendall(("HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"
                            "connection: Upgrade\r\nsec-websocket-accept: %s\r\n\r\n"
                            % accept).encode())
