@@ -354,6 +354,9 @@ void ClientConnection::handleRequest() {
 }
 
 void ClientConnection::proceedUpstream() {
+  // Per attempt (a re-mint sends the request again).
+  responseBytesSeen_ = upgradeReady_ = upstreamEof_ = false;
+  status_ = 0;
   state_ = State::Proxying;
   upstreamHead_ = buildUpstreamHead(backendKey_);
   if (!startUpstream(true)) return;
