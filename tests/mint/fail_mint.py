@@ -8,6 +8,12 @@ failure tests (they need not go through sudo).
                                        "<pid> <child pid>" to F, then both sleep forever
     fail_mint.py big N                 print N bytes (a JSON string that never ends in time)
     fail_mint.py print TEXT            print TEXT verbatim and exit 0
+    fail_mint.py not-json              print text that is not JSON, exit 0
+    fail_mint.py no-credential         print JSON without /credential, exit 0
+    fail_mint.py credential-not-string print {"credential": 12345}, exit 0
+    fail_mint.py empty-credential      print {"credential": ""}, exit 0
+    fail_mint.py leaky --out F         print a fresh credential on stdout AND stderr (exit 0),
+                                       and write it to F for the test's secret grep
     fail_mint.py stderr-forge          print a log-injection attempt and a lot of junk on
                                        stderr, then exit 3
 """
@@ -53,6 +59,23 @@ def main(argv):
     if mode == "print":
         sys.stdout.write(argv[2])
         sys.stdout.flush()
+        return 0
+    canned = {"not-json": "credential: not-json-at-all\n",
+              "no-credential": '{"token": "tok-0123456789abcdef", "data": {}}\n',
+              "credential-not-string": '{"credential": 12345}\n',
+              "empty-credential": '{"credential": ""}\n'}
+    if mode in canned:
+        sys.stdout.write(canned[mode])
+        return 0
+    if mode == "leaky":
+        import secrets
+        cred = "leaky-" + secrets.token_urlsafe(24)
+        out = argv[argv.index("--out") + 1]
+        with open(out + ".tmp", "w") as f:
+            f.write(cred + "\n")
+        os.rename(out + ".tmp", out)
+        sys.stderr.write("minted credential %s for you\n" % cred)
+        sys.stdout.write('{"credential": "%s"}\n' % cred)
         return 0
     if mode == "stderr-forge":
         sys.stderr.write("first line\nevent=audit reason=forged status=200 detail=injected\n"
