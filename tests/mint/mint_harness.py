@@ -392,6 +392,8 @@ class T3Backend:
         self.home = env.home(self.os_user)
         self.base = os.path.join(self.home, ".t3")
         self.stderr = os.path.join(ROOT, "logs", "t3-%s.stderr" % who)
+        if os.path.exists(os.path.join(self.base, "port")):
+            os.unlink(os.path.join(self.base, "port"))  # an earlier instance's
         self.proc = popen_as(self.os_user, [PY, env.bin("fake_t3.py"), "serve", "--host",
                                             "127.0.0.1", "--port", "0", "--base-dir", self.base],
                              self.stderr)
@@ -485,6 +487,8 @@ class NotesBackend:
         self.stderr = os.path.join(ROOT, "logs", "notes-%s.stderr" % os_user)
         port_file = os.path.join(self.store, "%s.port" % os_user)
         self.port_file = port_file
+        if os.path.exists(port_file):
+            os.unlink(port_file)  # an earlier instance's
         self.proc = popen_as(DISP, [PY, env.bin("fake_notes.py"), "serve", "--store", self.store,
                                     "--user", os_user, "--port-file", port_file], self.stderr)
         self.port = int(wait_for(self._port, 10, what="fake notes of %s" % os_user))
