@@ -32,8 +32,8 @@ Files under --base-dir (the server and the CLI share them, as t3's state dir):
   pairing-used/     consumed credentials (a rename makes consumption atomic)
   mints.log         one JSON line per `auth pairing create` (the tests count mints here);
                     no credential in it
-  issued.secret     test hook: every credential issued, one per line (0600), so that the tests
-                    can grep logs for them; not a log
+  issued.secret     test hook: every credential and session token issued, one per line
+                    (0600), so that the tests can grep logs for them; not a log
   server.log        one JSON line per request (no credential or cookie value in it)
   revoked-before    written by `revoke`: sessions issued before this time are refused
   fault             written by `fault`: bootstrap_500, bootstrap_no_cookie,
@@ -191,6 +191,7 @@ class Sessions:
                   "exp": int(now) + SESSION_TTL, "iat_ns": time.time_ns()}
         payload = b64url(json.dumps(claims, separators=(",", ":")).encode())
         token = "%s.%s.%s" % (header, payload, self.sign(header + "." + payload))
+        append_line(os.path.join(self.base, "issued.secret"), token)
         return token, claims
 
     def verify(self, token):
