@@ -12,6 +12,8 @@ failure tests (they need not go through sudo).
     fail_mint.py no-credential         print JSON without /credential, exit 0
     fail_mint.py credential-not-string print {"credential": 12345}, exit 0
     fail_mint.py empty-credential      print {"credential": ""}, exit 0
+    fail_mint.py weird-credential      a credential that needs escaping in JSON and in a form
+Options for every mode: --count FILE appends a line per run to FILE; --delay-ms N waits first.
     fail_mint.py leaky --out F         print a fresh credential on stdout AND stderr (exit 0),
                                        and write it to F for the test's secret grep
     fail_mint.py stderr-forge          print a log-injection attempt and a lot of junk on
@@ -25,6 +27,17 @@ import time
 
 
 def main(argv):
+    # options for every mode: --count FILE (append a line per run), --delay-ms N (first)
+    if "--count" in argv:
+        i = argv.index("--count")
+        fd = os.open(argv[i + 1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.write(fd, b"%d\n" % os.getpid())
+        os.close(fd)
+        argv = argv[:i] + argv[i + 2:]
+    if "--delay-ms" in argv:
+        i = argv.index("--delay-ms")
+        time.sleep(int(argv[i + 1]) / 1000.0)
+        argv = argv[:i] + argv[i + 2:]
     mode = argv[1] if len(argv) > 1 else ""
     if mode == "exit":
         sys.stderr.write("fail_mint: failing on purpose with status %s\n" % argv[2])
@@ -63,7 +76,9 @@ def main(argv):
     canned = {"not-json": "credential: not-json-at-all\n",
               "no-credential": '{"token": "tok-0123456789abcdef", "data": {}}\n',
               "credential-not-string": '{"credential": 12345}\n',
-              "empty-credential": '{"credential": ""}\n'}
+              "empty-credential": '{"credential": ""}\n',
+              # needs escaping in a JSON string: quote, backslash, control char, non-ASCII
+              "weird-credential": '{"credential": "we\\"ird\\\\cr\\u0001ed/\\u00e9+&="}\n'}
     if mode in canned:
         sys.stdout.write(canned[mode])
         return 0

@@ -20,6 +20,7 @@ Header names are sent lower-case, as t3 (Node) sends them.
 
 With a live cookie (the test surface):
   GET  /          an HTML page naming the OS user and uid this server runs as
+  GET  /static    a CSS asset with cache-control: public, max-age=86400
   GET  /whoami    JSON {user, uid, gid, pid, cookie (the raw Cookie header(s) received),
                   session_cookies (every t3_session value received), sid, headers}
   POST /echo      reads the body streaming (Content-Length or chunked); JSON {bytes, sha256}
@@ -38,7 +39,9 @@ Files under --base-dir (the server and the CLI share them, as t3's state dir):
   revoked-before    written by `revoke`: sessions issued before this time are refused
   fault             written by `fault`: bootstrap_500, bootstrap_no_cookie,
                     bootstrap_401, session_401 (the session check fails for valid cookies),
-                    app_401 (every app path answers 401, even with a live cookie)
+                    app_401 (every app path answers 401, even with a live cookie),
+                    bootstrap_odd_attrs (the cookie comes with Domain, Path=/api,
+                    SameSite=None, Secure and no HttpOnly)
   cli-delay-ms      if present, `auth pairing create` sleeps this many ms first (lets the
                     tests hold a mint in flight)
   port              the bound port, when --port-file is not given
@@ -413,7 +416,8 @@ class Connection:
         claims, values = self.session(req)
         rec = {"event": "request", "method": req.method, "path": req.path,
                "cookie_names": [k for k, _ in req.cookies()], "session_cookies": len(values),
-               "sid": claims and claims["sid"], "content_type": req.get("content-type")}
+               "sid": claims and claims["sid"], "content_type": req.get("content-type"),
+               "header_names": [k.lower() for k, _ in req.headers]}
         # logged by respond(), before the response leaves: a client that has the response
         # can read the record
         self.rec = rec
@@ -479,7 +483,10 @@ class Connection:
         rec["new_sid"] = claims["sid"]
         expires = email.utils.formatdate(claims["exp"], usegmt=True)
         extra = []
-        if fault != "bootstrap_no_cookie":
+        if fault == "bootstrap_odd_attrs":
+            extra.append(("set-cookie", "%s=%s; Domain=127.0.0.1; Path=/api; Expires=%s; "
+                          "SameSite=None; Secure" % (COOKIE, token, expires)))
+        elif fault != "bootstrap_no_cookie":
             extra.append(("set-cookie", "%s=%s; Path=/; Expires=%s; HttpOnly; SameSite=Lax"
                           % (COOKIE, token, expires)))
         self.respond_json(req, 200, "OK", {
@@ -495,6 +502,11 @@ class Connection:
                     "<p>t3 of <b id=user>%s</b> running as uid <b id=uid>%d</b></p>\n"
                     % (self.s.user, self.s.uid))
             self.respond(req, 200, "OK", page, "text/html; charset=utf-8")
+            return 200, None
+        if p == "/static" and req.method in ("GET", "HEAD"):
+            self.drain(req)
+            self.respond(req, 200, "OK", "/* an asset */\n", "text/css",
+                         [("cache-control", "public, max-age=86400")])
             return 200, None
         if p == "/whoami":
             n = sum(len(x) for x in self.body_pieces(req))
@@ -641,7 +653,8 @@ def main(argv=None):
     f = sub.add_parser("fault")
     f.add_argument("--base-dir", required=True)
     f.add_argument("mode", choices=["none", "bootstrap_500", "bootstrap_no_cookie",
-                                    "bootstrap_401", "session_401", "app_401"])
+                                    "bootstrap_401", "session_401", "app_401",
+                                    "bootstrap_odd_attrs"])
     args = ap.parse_args(argv)
     if args.cmd == "serve":
         return serve(args)
