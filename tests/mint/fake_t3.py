@@ -41,7 +41,8 @@ Files under --base-dir (the server and the CLI share them, as t3's state dir):
                     bootstrap_401, session_401 (the session check fails for valid cookies),
                     app_401 (every app path answers 401, even with a live cookie),
                     bootstrap_odd_attrs (the cookie comes with Domain, Path=/api,
-                    SameSite=None, Secure and no HttpOnly)
+                    SameSite=None, Secure and no HttpOnly), bootstrap_slow (the bootstrap
+                    answers after 5 s)
   cli-delay-ms      if present, `auth pairing create` sleeps this many ms first (lets the
                     tests hold a mint in flight)
   port              the bound port, when --port-file is not given
@@ -469,6 +470,8 @@ class Connection:
             self.respond(req, 400, "Bad Request", INVALID_PAYLOAD)
             return 400
         fault = self.s.fault()
+        if fault == "bootstrap_slow":
+            time.sleep(5)
         if fault == "bootstrap_500":
             rec["result"] = "fault"
             self.respond_json(req, 500, "Internal Server Error", {"error": "Internal error"})
@@ -654,7 +657,7 @@ def main(argv=None):
     f.add_argument("--base-dir", required=True)
     f.add_argument("mode", choices=["none", "bootstrap_500", "bootstrap_no_cookie",
                                     "bootstrap_401", "session_401", "app_401",
-                                    "bootstrap_odd_attrs"])
+                                    "bootstrap_odd_attrs", "bootstrap_slow"])
     args = ap.parse_args(argv)
     if args.cmd == "serve":
         return serve(args)

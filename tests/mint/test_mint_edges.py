@@ -7,7 +7,9 @@ import hashlib
 import http.cookiejar
 import json
 import os
+import signal
 import threading
+import time
 
 import mint_harness as mh
 
@@ -234,3 +236,75 @@ def test_response_that_sets_a_session_is_not_publicly_cacheable(usher, t3):
     assert mh.set_cookies(r, "t3_session")
     cc = ",".join(r.header_all("cache-control")).lower()
     assert "public" not in cc and ("private" in cc or "no-store" in cc), r.headers
+
+
+def test_slow_exchange_is_bounded_by_the_mint_timeout(start_usher, t3):
+    """The timeout covers the whole mint, the exchange included."""
+    a = t3["alice"]
+    a.fault("bootstrap_slow")
+    u = start_usher({"alice": a}, mint={"timeout": "1s"})
+    mark = u.mark()
+    t0 = time.monotonic()
+    r = u.browser("alice").get("/whoami")
+    elapsed = time.monotonic() - t0
+    assert r.status == 502, r
+    assert elapsed < 3, elapsed
+    (audit,) = u.audits(mark)
+    assert audit["detail"] in ("timeout", "exchange_failed"), audit
+
+
+def test_reload_during_a_mint_drops_nothing(start_usher, t3):
+    a = t3["alice"]
+    a.cli_delay(600)
+    u = start_usher({"alice": a})
+    out = {}
+    t = threading.Thread(target=lambda: out.update(r=u.browser("alice").get("/whoami")))
+    t.start()
+    mh.wait_for(lambda: mint_processes(u.env, a.os_user), 5, what="the mint to be running")
+    mark = u.mark()
+    u.proc.send_signal(signal.SIGHUP)
+    u.wait_record("reload", mark)
+    t.join(15)
+    assert out["r"].status == 200, out["r"]
+    assert mh.set_cookies(out["r"], "t3_session")
+
+
+def test_shutdown_during_a_mint_leaves_no_process(env, start_usher, t3):
+    """usher-dispatch stopped (SIGTERM, short drain) while a mint runs through sudo: sudo,
+    the wrapper and t3 must not outlive it."""
+    a = t3["alice"]
+    a.cli_delay(30000)
+    u = start_usher({"alice": a}, config={"timeouts": {"shutdown_drain": "300ms"}})
+    out = {}
+
+    def visit():
+        try:
+            out["r"] = u.browser("alice").get("/whoami")
+        except Exception as e:  # the connection is cut: fine
+            out["r"] = e
+
+    t = threading.Thread(target=visit)
+    t.start()
+    mh.wait_for(lambda: mint_processes(env, a.os_user), 5, what="the mint to be running")
+    u.stop()
+    t.join(15)
+    try:
+        mh.wait_for(lambda: not mint_processes(env, a.os_user), 5,
+                    what="the mint processes to be gone")
+    except TimeoutError:
+        raise AssertionError("left running after usher-dispatch stopped: %r"
+                             % mint_processes(env, a.os_user))
+
+
+def mint_processes(env, os_user):
+    """[(pid, cmdline)] of any part of the sudo mint path still running."""
+    out = []
+    for pid in mh.pids_of_uid(env.uid(os_user)) + mh.pids_of_uid(0):
+        try:
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "pairing create" in cmd or env.wrapper in cmd:
+            out.append((pid, cmd))
+    return out
