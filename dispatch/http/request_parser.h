@@ -104,6 +104,7 @@ private:
   bool scanHead(std::string_view buffered, size_t& headLen);
   bool scanRequestLine(std::string_view line);
   bool checkFraming();
+  bool absoluteToOrigin();
   size_t scanChunked(std::string_view data);
 
   Limits limits_;
