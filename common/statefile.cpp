@@ -73,6 +73,22 @@ std::optional<std::string> parseBackend(const std::string& osUser, const json& e
   return std::nullopt;
 }
 
+std::optional<std::string> parseReservation(const std::string& osUser, const json& entry,
+                                            Reservation& out) {
+  if (!entry.is_object()) return "entry is not an object";
+  auto port = entry.find("port");
+  if (port == entry.end() || !port->is_number_unsigned() || port->get<uint64_t>() < 1 ||
+      port->get<uint64_t>() > 65535) {
+    return "port must be an integer in 1..65535";
+  }
+  auto since = entry.find("since");
+  if (since == entry.end() || !since->is_string()) return "since missing or not a string";
+  out.osUser = osUser;
+  out.port = static_cast<uint16_t>(port->get<uint64_t>());
+  out.since = since->get<std::string>();
+  return std::nullopt;
+}
+
 }  // namespace
 
 std::optional<State> State::parse(std::string_view text, std::vector<std::string>& errors) {
@@ -119,6 +135,24 @@ std::optional<State> State::parse(std::string_view text, std::vector<std::string
     }
     state.put(std::move(backend));
   }
+  if (auto reserved = doc.find("reserved"); reserved != doc.end()) {
+    if (!reserved->is_object()) {
+      errors.push_back("state file \"reserved\" is not an object; ignored");
+      return state;
+    }
+    for (const auto& [osUser, entry] : reserved->items()) {
+      if (!validOsUser(osUser)) {
+        errors.push_back("reserved " + printable(osUser) + ": not a valid OS user name; skipped");
+        continue;
+      }
+      Reservation reservation;
+      if (auto why = parseReservation(osUser, entry, reservation)) {
+        errors.push_back("reserved " + printable(osUser) + ": " + *why + "; skipped");
+        continue;
+      }
+      state.reserve(std::move(reservation));
+    }
+  }
   return state;
 }
 
@@ -143,6 +177,15 @@ nlohmann::json State::toJson() const {
   json doc = {{"version", kVersion}};
   if (!generatedAt.empty()) doc["generated_at"] = generatedAt;
   doc["users"] = std::move(users);
+  // Only when there is something to say, so a state without reservations is
+  // byte for byte what it was before the key existed.
+  if (!reserved_.empty()) {
+    json reserved = json::object();
+    for (const auto& [osUser, r] : reserved_) {
+      reserved[osUser] = {{"port", r.port}, {"since", r.since}};
+    }
+    doc["reserved"] = std::move(reserved);
+  }
   return doc;
 }
 
@@ -157,5 +200,17 @@ void State::put(Backend backend) {
 }
 
 bool State::erase(std::string_view osUser) { return backends_.erase(std::string(osUser)) > 0; }
+
+const Reservation* State::findReservation(std::string_view osUser) const {
+  auto it = reserved_.find(std::string(osUser));
+  return it == reserved_.end() ? nullptr : &it->second;
+}
+
+void State::reserve(Reservation reservation) {
+  std::string key = reservation.osUser;
+  reserved_.insert_or_assign(std::move(key), std::move(reservation));
+}
+
+bool State::unreserve(std::string_view osUser) { return reserved_.erase(std::string(osUser)) > 0; }
 
 }  // namespace usher

@@ -9,8 +9,15 @@
 //               "unit": "t3-serve@alice.service"},
 //     "carol": {"kind": "vm", "address": "192.168.122.10", "port": 3773,
 //               "vm": {"name": "usher-carol", "provider": "libvirt"}}
+//   },
+//   "reserved": {
+//     "bob": {"port": 3774, "since": "2026-11-20T09:00:00Z"}
 //   }
 // }
+//
+// "reserved" (optional) holds the ports of users removed from the map: their
+// numbers are kept for them for a while (usher-reconcile's port_reservation)
+// and given to nobody else. usher-dispatch never routes by it.
 //
 // Unknown keys are ignored (forward compatibility). A malformed user entry is
 // reported and skipped; the others stay routable.
@@ -39,6 +46,13 @@ struct Backend {
   nlohmann::json vm;    // VM facts, for kind == Vm (object or null)
 };
 
+// A port held for an OS user that is no longer mapped.
+struct Reservation {
+  std::string osUser;
+  uint16_t port = 0;
+  std::string since;  // ISO-8601 UTC, "2026-11-20T09:00:00Z"; checked by the reader
+};
+
 class State {
 public:
   static constexpr int kVersion = 1;
@@ -56,10 +70,16 @@ public:
   const std::unordered_map<std::string, Backend>& backends() const { return backends_; }
   size_t size() const { return backends_.size(); }
 
+  const Reservation* findReservation(std::string_view osUser) const;
+  void reserve(Reservation reservation);
+  bool unreserve(std::string_view osUser);
+  const std::unordered_map<std::string, Reservation>& reservations() const { return reserved_; }
+
   std::string generatedAt;
 
 private:
   std::unordered_map<std::string, Backend> backends_;
+  std::unordered_map<std::string, Reservation> reserved_;
 };
 
 using StatePtr = std::shared_ptr<const State>;

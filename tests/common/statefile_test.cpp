@@ -3,6 +3,7 @@
 #include <doctest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -304,4 +305,69 @@ TEST_CASE("State::load") {
   REQUIRE(errors.size() == 1);
   CHECK(errors[0] == "state file is not valid JSON");
   std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("State: reserved ports of removed users") {
+  const char* doc = R"({"version": 1, "users": {
+    "alice": {"address": "127.0.0.1", "port": 3773}},
+    "reserved": {"bob": {"port": 3774, "since": "2026-11-20T09:00:00Z"}}})";
+  auto p = parse(doc);
+  REQUIRE(p.state.has_value());
+  CHECK(p.errors.empty());
+  CHECK(p.state->size() == 1);
+  CHECK(p.state->find("bob") == nullptr);  // reserved is not routable
+  const usher::Reservation* bob = p.state->findReservation("bob");
+  REQUIRE(bob != nullptr);
+  CHECK(bob->osUser == "bob");
+  CHECK(bob->port == 3774);
+  CHECK(bob->since == "2026-11-20T09:00:00Z");
+  CHECK(p.state->reservations().size() == 1);
+
+  SUBCASE("round trip") {
+    std::vector<std::string> errors;
+    auto back = State::parse(p.state->toJson().dump(), errors);
+    REQUIRE(back.has_value());
+    CHECK(errors.empty());
+    CHECK(back->toJson() == p.state->toJson());
+    CHECK(back->toJson()["reserved"] == json::parse(doc)["reserved"]);
+  }
+  SUBCASE("reserve replaces, unreserve removes") {
+    State s = *p.state;
+    s.reserve({"bob", 3999, "2026-11-21T00:00:00Z"});
+    CHECK(s.findReservation("bob")->port == 3999);
+    CHECK(s.unreserve("bob"));
+    CHECK_FALSE(s.unreserve("bob"));
+    CHECK(s.findReservation("bob") == nullptr);
+    // No reservations: no "reserved" key at all, as before the key existed.
+    CHECK(s.toJson().dump() ==
+          R"({"users":{"alice":{"address":"127.0.0.1","kind":"unit","port":3773}},"version":1})");
+  }
+}
+
+TEST_CASE("State::parse: malformed reservations are skipped, the rest is kept") {
+  auto p = parse(R"({"version": 1, "users": {}, "reserved": {
+    "ok": {"port": 4000, "since": "2026-11-20T09:00:00Z"},
+    "noport": {"since": "2026-11-20T09:00:00Z"},
+    "bigport": {"port": 70000, "since": "x"},
+    "nosince": {"port": 4001},
+    "numsince": {"port": 4002, "since": 5},
+    "notobj": 3,
+    "Bad Name": {"port": 4003, "since": "x"}}})");
+  REQUIRE(p.state.has_value());
+  CHECK(p.state->reservations().size() == 1);
+  CHECK(p.state->findReservation("ok") != nullptr);
+  CHECK(p.errors.size() == 6);
+  auto has = [&](const std::string& e) {
+    return std::find(p.errors.begin(), p.errors.end(), e) != p.errors.end();
+  };
+  CHECK(has("reserved \"noport\": port must be an integer in 1..65535; skipped"));
+  CHECK(has("reserved \"bigport\": port must be an integer in 1..65535; skipped"));
+  CHECK(has("reserved \"nosince\": since missing or not a string; skipped"));
+  CHECK(has("reserved \"numsince\": since missing or not a string; skipped"));
+  CHECK(has("reserved \"notobj\": entry is not an object; skipped"));
+  CHECK(has("reserved \"Bad Name\": not a valid OS user name; skipped"));
+
+  auto notObject = parse(R"({"version": 1, "users": {}, "reserved": []})");
+  REQUIRE(notObject.state.has_value());
+  CHECK(notObject.errors == std::vector<std::string>{"state file \"reserved\" is not an object; ignored"});
 }
