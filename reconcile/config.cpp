@@ -1,0 +1,225 @@
+#include "reconcile/config.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <functional>
+#include <map>
+#include <set>
+
+#include "common/atomic_file.h"
+#include "common/ini.h"
+
+namespace usher::reconcile {
+
+std::string Config::unitFor(std::string_view osUser) const {
+  std::string unit = unitTemplate;
+  unit.append(osUser);
+  unit.append(".service");
+  return unit;
+}
+
+std::string ConfigError::str() const {
+  std::string s = file.empty() ? "<config>" : file;
+  if (line > 0) s += ":" + std::to_string(line);
+  s += ": ";
+  if (!key.empty()) s += "[" + section + "] " + key + ": ";
+  else if (!section.empty()) s += "[" + section + "]: ";
+  return s + message;
+}
+
+std::optional<milliseconds> parseLongDuration(std::string_view s) {
+  s = trim(s);
+  if (!s.empty() && s.back() == 'd') {
+    auto days = parseUnsigned(s.substr(0, s.size() - 1));
+    if (!days || *days > 36500) return std::nullopt;
+    return milliseconds(*days * 86'400'000ULL);
+  }
+  return parseDuration(s);
+}
+
+namespace {
+
+// One setter per key: returns "" on success, else what is wrong with the value.
+using Setter = std::function<std::string(Config&, std::string_view)>;
+
+Setter path(std::string Config::*field) {
+  return [=](Config& c, std::string_view v) -> std::string {
+    if (v.empty() || v.front() != '/') return "expected an absolute path";
+    c.*field = std::string(v);
+    return "";
+  };
+}
+
+Setter ignored() {
+  return [](Config&, std::string_view) -> std::string { return ""; };
+}
+
+// Characters systemd allows in a unit name prefix (unit_name_is_valid).
+bool validUnitPrefix(std::string_view s) {
+  if (s.empty() || s.size() > 200) return false;
+  for (unsigned char c : s) {
+    if (!(std::isalnum(c) || c == ':' || c == '-' || c == '_' || c == '.' || c == '\\')) {
+      return false;
+    }
+  }
+  return true;
+}
+
+const std::map<std::string, std::map<std::string, Setter>>& schema() {
+  static const std::map<std::string, std::map<std::string, Setter>> s = {
+      {"users",
+       {
+           {"map_file", path(&Config::mapFile)},
+           {"state_file", path(&Config::stateFile)},
+           {"min_uid",
+            [](Config& c, std::string_view v) -> std::string {
+              auto n = parseUnsigned(v);
+              if (!n || *n == 0 || *n > 0xfffffffeULL) return "expected a uid greater than 0";
+              c.minUid = static_cast<uint32_t>(*n);
+              return "";
+            }},
+           // usher-dispatch's keys: it validates them; reconcile always
+           // verifies OS users and does not watch files.
+           {"verify_os_users", ignored()},
+           {"reload_debounce", ignored()},
+       }},
+      {"reconcile",
+       {
+           {"port_range",
+            [](Config& c, std::string_view v) -> std::string {
+              auto dash = v.find('-');
+              const char* want = "expected FIRST-LAST, e.g. 3773-4772 (1..65535, FIRST <= LAST)";
+              if (dash == std::string_view::npos) return want;
+              auto first = parseUnsigned(trim(v.substr(0, dash)));
+              auto last = parseUnsigned(trim(v.substr(dash + 1)));
+              if (!first || !last || *first < 1 || *last > 65535 || *first > *last) return want;
+              c.portFirst = static_cast<uint16_t>(*first);
+              c.portLast = static_cast<uint16_t>(*last);
+              return "";
+            }},
+           {"env_dir", path(&Config::envDir)},
+           {"unit_template",
+            [](Config& c, std::string_view v) -> std::string {
+              std::string_view prefix = v;
+              if (prefix.ends_with(".service")) prefix.remove_suffix(8);
+              if (!prefix.ends_with('@') || !validUnitPrefix(prefix.substr(0, prefix.size() - 1))) {
+                return "expected a template unit name such as t3-serve@ or t3-serve@.service";
+              }
+              c.unitTemplate = std::string(prefix);
+              return "";
+            }},
+           {"backend_address",
+            [](Config& c, std::string_view v) -> std::string {
+              std::string text(v);
+              in6_addr buf{};
+              if (::inet_pton(AF_INET, text.c_str(), &buf) != 1 &&
+                  ::inet_pton(AF_INET6, text.c_str(), &buf) != 1) {
+                return "expected a numeric IPv4 or IPv6 address";
+              }
+              c.backendAddress = std::move(text);
+              return "";
+            }},
+           {"lock_file", path(&Config::lockFile)},
+           {"port_reservation",
+            [](Config& c, std::string_view v) -> std::string {
+              auto d = parseLongDuration(v);
+              if (!d) return "expected a duration such as 30d, 12h or 0 (no reservation)";
+              c.portReservation = std::chrono::duration_cast<seconds>(*d);
+              return "";
+            }},
+           {"job_timeout",
+            [](Config& c, std::string_view v) -> std::string {
+              auto d = parseDuration(v);
+              if (!d || d->count() == 0) return "expected a duration greater than zero, e.g. 30s";
+              c.jobTimeout = *d;
+              return "";
+            }},
+           {"lock_wait",
+            [](Config& c, std::string_view v) -> std::string {
+              auto d = parseDuration(v);
+              if (!d) return "expected a duration such as 10m, or 0 to not wait";
+              c.lockWait = *d;
+              return "";
+            }},
+           {"log_level",
+            [](Config& c, std::string_view v) -> std::string {
+              static const char* kLevels[] = {"trace", "debug", "info", "warn",
+                                              "error", "critical", "off"};
+              for (const char* l : kLevels) {
+                if (v == l) {
+                  c.logLevel = std::string(v);
+                  return "";
+                }
+              }
+              return "expected one of trace, debug, info, warn, error, critical, off";
+            }},
+       }},
+  };
+  return s;
+}
+
+// usher-dispatch's own sections: the file configures the whole host and
+// dispatch checks these itself.
+bool dispatchSection(const std::string& name) {
+  static const std::set<std::string> kSections = {"server", "limits", "timeouts",
+                                                  "upstream", "log", "mint"};
+  return kSections.count(name) > 0;
+}
+
+}  // namespace
+
+bool parseConfig(std::string_view text, const std::string& sourceName, Config& config,
+                 std::vector<ConfigError>& errors) {
+  size_t before = errors.size();
+  std::vector<std::string> syntax;
+  auto entries = parseIni(text, syntax);
+  for (const auto& s : syntax) {
+    // "line N: message"
+    int line = 0;
+    std::string msg = s;
+    if (s.rfind("line ", 0) == 0) {
+      line = std::atoi(s.c_str() + 5);
+      auto colon = s.find(": ");
+      if (colon != std::string::npos) msg = s.substr(colon + 2);
+    }
+    errors.push_back({sourceName, line, "", "", msg});
+  }
+  std::map<std::pair<std::string, std::string>, int> seen;
+  for (const auto& e : entries) {
+    if (dispatchSection(e.section)) continue;
+    auto sec = schema().find(e.section);
+    if (sec == schema().end()) {
+      errors.push_back({sourceName, e.line, e.section, e.key,
+                        e.section.empty() ? "key outside any [section]" : "unknown section"});
+      continue;
+    }
+    auto key = sec->second.find(e.key);
+    if (key == sec->second.end()) {
+      errors.push_back({sourceName, e.line, e.section, e.key, "unknown key"});
+      continue;
+    }
+    auto [it, fresh] = seen.emplace(std::make_pair(e.section, e.key), e.line);
+    if (!fresh) {
+      errors.push_back({sourceName, e.line, e.section, e.key,
+                        "set twice (first on line " + std::to_string(it->second) + ")"});
+      continue;
+    }
+    std::string problem = key->second(config, trim(e.value));
+    if (!problem.empty()) errors.push_back({sourceName, e.line, e.section, e.key, problem});
+  }
+  config.sourcePath = sourceName;
+  return errors.size() == before;
+}
+
+bool loadConfig(const std::string& path, Config& config, std::vector<ConfigError>& errors) {
+  std::string err;
+  auto text = readFile(path, err);
+  if (!text) {
+    errors.push_back({path, 0, "", "", err});
+    return false;
+  }
+  return parseConfig(*text, path, config, errors);
+}
+
+}  // namespace usher::reconcile
