@@ -420,8 +420,9 @@ bool ClientConnection::sessionReady() {
   for (const auto& hdr : request_.head().headers) {
     if (!iequals(hdr.name, "cookie")) continue;
     for (const auto& c : parseCookies(hdr.value)) {
-      if (c.name == m.bindCookieName) bindToken = std::string(c.value);
-      else if (c.name == m.cookieName) appCookie = std::string(c.value);
+      // The first of duplicates (browsers send the most specific first).
+      if (c.name == m.bindCookieName && bindToken.empty()) bindToken = std::string(c.value);
+      else if (c.name == m.cookieName && appCookie.empty()) appCookie = std::string(c.value);
     }
   }
   auto& checks = server_.metrics().bindChecks;
@@ -609,11 +610,17 @@ void ClientConnection::appendCookieHeader(std::string& out) {
   const auto& m = server_.config().mint;
   bool minting = server_.mint() != nullptr;
   std::string cookies;
+  bool appSent = false;
   for (const auto& hdr : request_.head().headers) {
     if (!iequals(hdr.name, "cookie")) continue;
     for (const auto& c : parseCookies(hdr.value)) {
       if (c.name == m.bindCookieName) continue;
-      if (minting && c.name == m.cookieName && (injected_ || !sessionBound_)) continue;
+      if (minting && c.name == m.cookieName) {
+        // Only the copy the bind cookie vouched for (the first), never stale
+        // duplicates, and none when a fresh one is injected.
+        if (injected_ || !sessionBound_ || appSent || c.value != browserAppCookie_) continue;
+        appSent = true;
+      }
       if (!cookies.empty()) cookies.append("; ");
       if (!c.name.empty()) cookies.append(c.name).append("=");
       cookies.append(c.value);
@@ -920,9 +927,14 @@ bool ClientConnection::onResponseHead(http::ResponseHead& rh) {
   if (reason.empty()) reason = http::reasonPhrase(rh.status);
   head.append(fmt::format("HTTP/1.1 {} ", rh.status)).append(reason).append("\r\n");
   bool bodyless = rh.framing == http::ResponseFraming::None;
+  // A response carrying a session cookie must never sit in a shared cache
+  // (an edge CDN would hand one person's session to the next).
+  bool settingCookies = server_.mint() && (injected_ || resignBind_ || clearBind_);
+  if (settingCookies) head.append("Cache-Control: private, no-store\r\n");
   for (const auto& hdr : rh.headers) {
     const std::string& n = hdr.name;
     if (http::isHopByHop(n)) continue;
+    if (settingCookies && iequals(n, "cache-control")) continue;
     if (iequals(n, "content-length")) {
       // Metadata only for HEAD and 304; never for 1xx and 204 (RFC 9110 §8.6).
       if (bodyless && rh.status != 204 && rh.status / 100 != 1) head.append("Content-Length: ").append(hdr.value).append("\r\n");

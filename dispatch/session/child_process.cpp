@@ -50,10 +50,25 @@ ChildProcess::~ChildProcess() {
   exitEvent_.reset();
   timer_.reset();
   deferred_.reset();
+  killTimer_.reset();
   if (pid_ > 0 && !exited_) {
-    killGroup();
-    // Reaped here so no zombie outlives us; SIGKILL makes this prompt.
-    ::waitpid(pid_, nullptr, 0);
+    // Only at shutdown or with the mint abandoned: give sudo its grace period
+    // to relay SIGTERM (bounded), then SIGKILL, and reap.
+    if (!stopping_) {
+      ::kill(-pid_, SIGTERM);
+      ::kill(pid_, SIGTERM);
+    }
+    for (int i = 0; i < 50; ++i) {
+      if (::waitpid(pid_, nullptr, WNOHANG) == pid_) {
+        exited_ = true;
+        break;
+      }
+      ::usleep(10'000);
+    }
+    if (!exited_) {
+      killGroup();
+      ::waitpid(pid_, nullptr, 0);
+    }
   }
   for (int fd : {outFd_, errFd_, pidfd_})
     if (fd >= 0) ::close(fd);
@@ -146,7 +161,7 @@ void ChildProcess::readPipe(int& fd, net::EventPtr& ev, std::string& into, size_
       if (isStdout && static_cast<size_t>(n) > room && !forcedOutcome_) {
         forcedOutcome_ = true;
         result_.outcome = ChildResult::Outcome::OutputTooLarge;
-        killGroup();
+        stopGroup();
       }
       continue;
     }
@@ -187,11 +202,7 @@ void ChildProcess::onTimeout(evutil_socket_t, short, void* arg) {
     self->forcedOutcome_ = true;
     self->result_.outcome = ChildResult::Outcome::Timeout;
   }
-  self->killGroup();
-  if (self->pidfd_ < 0 && self->pid_ > 0 && !self->exited_) {
-    ::waitpid(self->pid_, nullptr, 0);  // after SIGKILL: prompt
-    self->exited_ = true;
-  }
+  self->stopGroup();
   // A child that ignores its pipes closing still cannot hold us: close them.
   self->outEvent_.reset();
   self->errEvent_.reset();
@@ -200,6 +211,27 @@ void ChildProcess::onTimeout(evutil_socket_t, short, void* arg) {
     *fd = -1;
   }
   self->maybeFinish();
+}
+
+void ChildProcess::stopGroup() {
+  if (pid_ <= 0 || exited_ || stopping_) return;
+  stopping_ = true;
+  ::kill(-pid_, SIGTERM);
+  ::kill(pid_, SIGTERM);
+  killTimer_.reset(evtimer_new(base_, onKillTimer, this));
+  timeval tv = net::toTimeval(kKillGrace);
+  evtimer_add(killTimer_.get(), &tv);
+}
+
+void ChildProcess::onKillTimer(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<ChildProcess*>(arg);
+  if (self->exited_) return;
+  self->killGroup();
+  if (self->pidfd_ < 0) {
+    ::waitpid(self->pid_, nullptr, 0);  // after SIGKILL: prompt
+    self->exited_ = true;
+    self->maybeFinish();
+  }
 }
 
 void ChildProcess::killGroup() {

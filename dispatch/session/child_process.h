@@ -29,6 +29,7 @@ struct ChildResult {
 class ChildProcess {
 public:
   static constexpr size_t kStderrKeep = 2048;
+  static constexpr std::chrono::milliseconds kKillGrace{500};
   using Done = std::function<void(ChildResult&)>;
 
   ChildProcess(event_base* base, std::vector<std::string> argv, std::chrono::milliseconds timeout,
@@ -51,7 +52,11 @@ private:
   static void onTimeout(evutil_socket_t, short, void* arg);
   static void onDeferredDone(evutil_socket_t, short, void* arg);
   void readPipe(int& fd, net::EventPtr& ev, std::string& into, size_t cap, bool isStdout);
+  // SIGTERM first: sudo relays it to a command running as another user,
+  // which we may not signal ourselves; SIGKILL follows after a grace period.
+  void stopGroup();
   void killGroup();
+  static void onKillTimer(evutil_socket_t, short, void* arg);
   void maybeFinish();
   void finish();
 
@@ -74,6 +79,8 @@ private:
   net::EventPtr exitEvent_;
   net::EventPtr timer_;
   net::EventPtr deferred_;
+  net::EventPtr killTimer_;
+  bool stopping_ = false;
 };
 
 }  // namespace usher::dispatch
