@@ -528,37 +528,46 @@ std::vector<JobOutcome> SdBusManager::doRunJobs(const std::vector<JobRequest>& j
   if (r < 0) return failAll(std::string("cannot watch job results: ") + std::strerror(-r));
 
   auto timeoutUsec = static_cast<uint64_t>(timeout.count()) * 1000;
-  Pipeline pipeline(
-      bus_.get(),
-      [&](size_t i, sd_bus_message** call) {
-        const char* method = jobs[i].kind == JobKind::Start     ? "StartUnit"
-                             : jobs[i].kind == JobKind::Restart ? "RestartUnit"
-                                                                : "StopUnit";
-        int rr = sd_bus_message_new_method_call(bus_.get(), call, kService, kManagerPath,
-                                                kManagerIface, method);
-        if (rr < 0) return rr;
-        return sd_bus_message_append(*call, "ss", jobs[i].unit.c_str(), "replace");
-      },
-      [&](size_t i, sd_bus_message* reply) {
-        if (sd_bus_message_is_method_error(reply, nullptr)) {
-          tracker.resolve(i, false, replyError(reply));
-          return;
-        }
-        const char* path = nullptr;
-        if (sd_bus_message_read(reply, "o", &path) < 0) {
-          tracker.resolve(i, false, "unreadable job reply");
-          return;
-        }
-        tracker.queued(i, path);
-      });
-  std::string error;
-  if (!pipeline.run(jobs.size(), timeoutUsec, error)) {
-    return failAll(error);
-  }
-  bool timedOut = false;
-  uint64_t deadline = monotonicUsec() + timeoutUsec;
-  if (!pump(bus_.get(), [&] { return tracker.pendingCount == 0; }, deadline, error, timedOut)) {
-    return failAll(timedOut ? "job did not finish within job_timeout" : error);
+  // Jobs go in waves of kMaxInFlight: queue a wave, wait for every job of it
+  // to finish, then the next. Queueing a thousand starts at once made
+  // systemd 252 leave a window of calls unanswered for minutes (seen in
+  // bench/reconcile); waves keep both sides bounded and cost little, since
+  // the jobs of a wave still run in parallel.
+  for (size_t first = 0; first < jobs.size(); first += kMaxInFlight) {
+    size_t count = std::min(kMaxInFlight, jobs.size() - first);
+    Pipeline pipeline(
+        bus_.get(),
+        [&](size_t k, sd_bus_message** call) {
+          const JobRequest& job = jobs[first + k];
+          const char* method = job.kind == JobKind::Start     ? "StartUnit"
+                               : job.kind == JobKind::Restart ? "RestartUnit"
+                                                              : "StopUnit";
+          int rr = sd_bus_message_new_method_call(bus_.get(), call, kService, kManagerPath,
+                                                  kManagerIface, method);
+          if (rr < 0) return rr;
+          return sd_bus_message_append(*call, "ss", job.unit.c_str(), "replace");
+        },
+        [&](size_t k, sd_bus_message* reply) {
+          if (sd_bus_message_is_method_error(reply, nullptr)) {
+            tracker.resolve(first + k, false, replyError(reply));
+            return;
+          }
+          const char* path = nullptr;
+          if (sd_bus_message_read(reply, "o", &path) < 0) {
+            tracker.resolve(first + k, false, "unreadable job reply");
+            return;
+          }
+          tracker.queued(first + k, path);
+        });
+    std::string error;
+    if (!pipeline.run(count, timeoutUsec, error)) return failAll(error);
+    bool timedOut = false;
+    uint64_t deadline = monotonicUsec() + timeoutUsec;
+    size_t waveDone = jobs.size() - first - count;  // pending count once this wave is done
+    if (!pump(bus_.get(), [&] { return tracker.pendingCount == waveDone; }, deadline, error,
+              timedOut)) {
+      return failAll(timedOut ? "job did not finish within job_timeout" : error);
+    }
   }
   return outcomes;
 }
