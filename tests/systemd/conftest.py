@@ -110,11 +110,25 @@ class Sandbox:
         return int(self.exec("id", "-u", name).stdout.strip())
 
     def reconcile_cmd(self, *args, config=CONFIG):
-        # Only the mount namespace: the container's files, passwd and bus
-        # socket; no PID namespace, so the process we start is the reconcile
-        # itself (the SIGKILL test kills exactly it).
-        return ["nsenter", "-t", str(self.leader), "-m", "--", self.binary,
+        # The container's mount namespace (its files, passwd, bus socket) and
+        # PID namespace (so /proc is its own: LeakSanitizer reads it). nsenter
+        # forks for the PID namespace; reconcile_pid() finds the child.
+        return ["nsenter", "-t", str(self.leader), "-m", "-p", "--", self.binary,
                 "--config", config] + list(args)
+
+    @staticmethod
+    def reconcile_pid(popen, timeout=5.0):
+        """The usher-reconcile process (host PID) that nsenter `popen` forked."""
+        path = "/proc/%d/task/%d/children" % (popen.pid, popen.pid)
+
+        def child():
+            try:
+                with open(path) as f:
+                    pids = f.read().split()
+            except OSError:
+                return None
+            return int(pids[0]) if pids else None
+        return wait_for(child, timeout=timeout, interval=0.002, what="nsenter's child")
 
     def reconcile(self, *args, config=CONFIG, timeout=120):
         """Runs usher-reconcile inside; returns (exit code, parsed --json, stderr)."""
