@@ -19,7 +19,8 @@ The contract, as t3 implements it:
 Header names are sent lower-case, as t3 (Node) sends them.
 
 With a live cookie (the test surface):
-  GET  /          an HTML page naming the OS user and uid this server runs as
+  GET  /          an HTML page naming the OS user and uid this server runs as; its script
+                  opens a WebSocket to /ws, sends a message and shows the echo (PAGE_WS)
   GET  /static    a CSS asset with cache-control: public, max-age=86400
   GET  /whoami    JSON {user, uid, gid, pid, cookie (the raw Cookie header(s) received),
                   session_cookies (every t3_session value received), sid, headers}
@@ -503,7 +504,7 @@ class Connection:
             self.drain(req)
             page = ("<!doctype html><title>t3 (fake)</title>"
                     "<p>t3 of <b id=user>%s</b> running as uid <b id=uid>%d</b></p>\n"
-                    % (self.s.user, self.s.uid))
+                    % (self.s.user, self.s.uid)) + PAGE_WS
             self.respond(req, 200, "OK", page, "text/html; charset=utf-8")
             return 200, None
         if p == "/static" and req.method in ("GET", "HEAD"):
@@ -584,6 +585,25 @@ class Connection:
         except (PeerClosed, OSError):
             pass
         return 101
+
+
+# The page's live part (for the browser test, tests/e2e): it opens a WebSocket to /ws on the
+# page's own origin, sends one message and shows what comes back, so a person (or a headless
+# browser) sees the upgrade work through every proxy in front of this app.
+PAGE_WS = """<p>WebSocket <b id=ws-state>connecting</b></p>
+<p>sent <code id=ws-sent></code><br>received <code id=ws-echo></code></p>
+<script>
+(function () {
+  var $ = function (id) { return document.getElementById(id); };
+  var msg = "hello from " + $("user").textContent + " " + Math.random().toString(36).slice(2, 10);
+  var ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws");
+  ws.onopen = function () { $("ws-state").textContent = "open"; $("ws-sent").textContent = msg; ws.send(msg); };
+  ws.onmessage = function (e) { $("ws-echo").textContent = e.data; };
+  ws.onerror = function () { $("ws-state").textContent = "error"; };
+  ws.onclose = function (e) { $("ws-state").textContent = "closed (" + e.code + ")"; };
+})();
+</script>
+"""
 
 
 def ws_frame(op, payload):
