@@ -111,8 +111,9 @@ std::optional<std::chrono::milliseconds> parseDuration(std::string_view s) {
   else if (unit == "ms") ms = *n;
   else if (unit == "m" || unit == "min") ms = *n * 60'000;
   else if (unit == "h") ms = *n * 3'600'000;
+  else if (unit == "d" && *n <= 36500) ms = *n * 86'400'000;
   else return std::nullopt;
-  if (*n > (uint64_t{1} << 40)) return std::nullopt;
+  if (*n > (uint64_t{1} << 32)) return std::nullopt;
   return std::chrono::milliseconds(ms);
 }
 

@@ -25,7 +25,7 @@ struct IniEntry {
 // whitespace starts an inline comment.
 std::vector<IniEntry> parseIni(std::string_view text, std::vector<std::string>& errors);
 
-// "10", "10s", "250ms", "2m", "1h"; a bare number is seconds. Must be >= 0.
+// "10", "10s", "250ms", "2m", "1h", "30d"; a bare number is seconds. Must be >= 0.
 std::optional<std::chrono::milliseconds> parseDuration(std::string_view s);
 // "4096", "64k", "1M", "2g" (binary multiples). Must be >= 0.
 std::optional<uint64_t> parseSize(std::string_view s);

@@ -11,15 +11,6 @@
 
 namespace usher::dispatch {
 
-std::string ConfigError::str() const {
-  std::string s = file.empty() ? "<config>" : file;
-  if (line > 0) s += ":" + std::to_string(line);
-  s += ": ";
-  if (!key.empty()) s += "[" + section + "] " + key + ": ";
-  else if (!section.empty()) s += "[" + section + "]: ";
-  return s + message;
-}
-
 Config defaultConfig() {
   Config c;
   std::string err;
@@ -37,7 +28,7 @@ bool validHeaderName(std::string_view s) {
 }
 
 // One setter per key: returns "" on success, else what is wrong with the value.
-using Setter = std::function<std::string(Config&, std::string_view)>;
+using Setter = KeySetter<Config>;
 
 Setter duration(milliseconds Config::*field, bool allowZero = false) {
   return [=](Config& c, std::string_view v) -> std::string {
@@ -125,8 +116,8 @@ Setter mintKeyPath(std::string MintConfig::*field, bool allowEmpty) {
   };
 }
 
-const std::map<std::string, std::map<std::string, Setter>>& schema() {
-  static const std::map<std::string, std::map<std::string, Setter>> s = {
+const ConfigSchema<Config>& schema() {
+  static const ConfigSchema<Config> s = {
       {"server",
        {
            {"listen",
@@ -371,48 +362,14 @@ bool splitCommand(std::string_view text, std::vector<std::string>& argv, std::st
 bool parseConfig(std::string_view text, const std::string& sourceName, Config& config,
                  std::vector<ConfigError>& errors) {
   size_t before = errors.size();
-  std::vector<std::string> syntax;
-  auto entries = parseIni(text, syntax);
-  for (auto& s : syntax) {
-    // "line N: message"
-    int line = 0;
-    std::string msg = s;
-    if (s.rfind("line ", 0) == 0) {
-      line = std::atoi(s.c_str() + 5);
-      auto colon = s.find(": ");
-      if (colon != std::string::npos) msg = s.substr(colon + 2);
-    }
-    errors.push_back({sourceName, line, "", "", msg});
-  }
-  std::map<std::pair<std::string, std::string>, int> seen;
-  for (const auto& e : entries) {
-    // One file configures the whole host; usher-reconcile checks its own section.
-    if (e.section == "reconcile") continue;
-    auto sec = schema().find(e.section);
-    if (sec == schema().end()) {
-      errors.push_back({sourceName, e.line, e.section, e.key,
-                        e.section.empty() ? "key outside any [section]" : "unknown section"});
-      continue;
-    }
-    auto key = sec->second.find(e.key);
-    if (key == sec->second.end()) {
-      errors.push_back({sourceName, e.line, e.section, e.key, "unknown key"});
-      continue;
-    }
-    auto [it, fresh] = seen.emplace(std::make_pair(e.section, e.key), e.line);
-    if (!fresh) {
-      errors.push_back({sourceName, e.line, e.section, e.key,
-                        "set twice (first on line " + std::to_string(it->second) + ")"});
-      continue;
-    }
-    std::string problem = key->second(config, trim(e.value));
-    if (!problem.empty()) errors.push_back({sourceName, e.line, e.section, e.key, problem});
-  }
+  KeyLines lines;
+  // One file configures the whole host; usher-reconcile checks its own section.
+  applyIni(text, sourceName, schema(), {"reconcile"}, config, errors, &lines);
   if (!config.adminListen.empty()) {
     auto admin = net::parseAddress(config.adminListen);
     for (const auto& l : config.listen)
       if (admin && admin->port() != 0 && l == config.adminListen)
-        errors.push_back({sourceName, seen.count({"server", "admin_listen"}) ? seen[{"server", "admin_listen"}] : 0,
+        errors.push_back({sourceName, lines.count({"server", "admin_listen"}) ? lines[{"server", "admin_listen"}] : 0,
                           "server", "admin_listen", "must differ from listen"});
   }
   config.sourcePath = sourceName;

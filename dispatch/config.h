@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/cidr.h"
+#include "common/config_schema.h"
 
 namespace usher::dispatch {
 
@@ -90,14 +91,7 @@ struct Config {
   MintConfig mint;
 };
 
-struct ConfigError {
-  std::string file;
-  int line = 0;  // 0: not tied to a line
-  std::string section;
-  std::string key;
-  std::string message;
-  std::string str() const;  // "file:line: [section] key: message"
-};
+using usher::ConfigError;
 
 // Embedded defaults, validated (trustedProxies parsed).
 Config defaultConfig();

@@ -19,29 +19,10 @@ std::string Config::unitFor(std::string_view osUser) const {
   return unit;
 }
 
-std::string ConfigError::str() const {
-  std::string s = file.empty() ? "<config>" : file;
-  if (line > 0) s += ":" + std::to_string(line);
-  s += ": ";
-  if (!key.empty()) s += "[" + section + "] " + key + ": ";
-  else if (!section.empty()) s += "[" + section + "]: ";
-  return s + message;
-}
-
-std::optional<milliseconds> parseLongDuration(std::string_view s) {
-  s = trim(s);
-  if (!s.empty() && s.back() == 'd') {
-    auto days = parseUnsigned(s.substr(0, s.size() - 1));
-    if (!days || *days > 36500) return std::nullopt;
-    return milliseconds(*days * 86'400'000ULL);
-  }
-  return parseDuration(s);
-}
-
 namespace {
 
 // One setter per key: returns "" on success, else what is wrong with the value.
-using Setter = std::function<std::string(Config&, std::string_view)>;
+using Setter = KeySetter<Config>;
 
 Setter path(std::string Config::*field) {
   return [=](Config& c, std::string_view v) -> std::string {
@@ -66,8 +47,8 @@ bool validUnitPrefix(std::string_view s) {
   return true;
 }
 
-const std::map<std::string, std::map<std::string, Setter>>& schema() {
-  static const std::map<std::string, std::map<std::string, Setter>> s = {
+const ConfigSchema<Config>& schema() {
+  static const ConfigSchema<Config> s = {
       {"users",
        {
            {"map_file", path(&Config::mapFile)},
@@ -123,7 +104,7 @@ const std::map<std::string, std::map<std::string, Setter>>& schema() {
            {"lock_file", path(&Config::lockFile)},
            {"port_reservation",
             [](Config& c, std::string_view v) -> std::string {
-              auto d = parseLongDuration(v);
+              auto d = parseDuration(v);
               if (!d) return "expected a duration such as 30d, 12h or 0 (no reservation)";
               c.portReservation = std::chrono::duration_cast<seconds>(*d);
               return "";
@@ -161,55 +142,15 @@ const std::map<std::string, std::map<std::string, Setter>>& schema() {
 
 // usher-dispatch's own sections: the file configures the whole host and
 // dispatch checks these itself.
-bool dispatchSection(const std::string& name) {
-  static const std::set<std::string> kSections = {"server", "limits", "timeouts",
-                                                  "upstream", "log", "mint"};
-  return kSections.count(name) > 0;
-}
+const std::set<std::string> kDispatchSections = {"server", "limits", "timeouts", "upstream", "log", "mint"};
 
 }  // namespace
 
 bool parseConfig(std::string_view text, const std::string& sourceName, Config& config,
                  std::vector<ConfigError>& errors) {
-  size_t before = errors.size();
-  std::vector<std::string> syntax;
-  auto entries = parseIni(text, syntax);
-  for (const auto& s : syntax) {
-    // "line N: message"
-    int line = 0;
-    std::string msg = s;
-    if (s.rfind("line ", 0) == 0) {
-      line = std::atoi(s.c_str() + 5);
-      auto colon = s.find(": ");
-      if (colon != std::string::npos) msg = s.substr(colon + 2);
-    }
-    errors.push_back({sourceName, line, "", "", msg});
-  }
-  std::map<std::pair<std::string, std::string>, int> seen;
-  for (const auto& e : entries) {
-    if (dispatchSection(e.section)) continue;
-    auto sec = schema().find(e.section);
-    if (sec == schema().end()) {
-      errors.push_back({sourceName, e.line, e.section, e.key,
-                        e.section.empty() ? "key outside any [section]" : "unknown section"});
-      continue;
-    }
-    auto key = sec->second.find(e.key);
-    if (key == sec->second.end()) {
-      errors.push_back({sourceName, e.line, e.section, e.key, "unknown key"});
-      continue;
-    }
-    auto [it, fresh] = seen.emplace(std::make_pair(e.section, e.key), e.line);
-    if (!fresh) {
-      errors.push_back({sourceName, e.line, e.section, e.key,
-                        "set twice (first on line " + std::to_string(it->second) + ")"});
-      continue;
-    }
-    std::string problem = key->second(config, trim(e.value));
-    if (!problem.empty()) errors.push_back({sourceName, e.line, e.section, e.key, problem});
-  }
+  bool ok = applyIni(text, sourceName, schema(), kDispatchSections, config, errors);
   config.sourcePath = sourceName;
-  return errors.size() == before;
+  return ok;
 }
 
 bool loadConfig(const std::string& path, Config& config, std::vector<ConfigError>& errors) {

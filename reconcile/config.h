@@ -11,6 +11,8 @@
 #include <string_view>
 #include <vector>
 
+#include "common/config_schema.h"
+
 namespace usher::reconcile {
 
 using std::chrono::milliseconds;
@@ -40,22 +42,12 @@ struct Config {
   std::string unitFor(std::string_view osUser) const;
 };
 
-struct ConfigError {
-  std::string file;
-  int line = 0;  // 0: not tied to a line
-  std::string section;
-  std::string key;
-  std::string message;
-  std::string str() const;  // "file:line: [section] key: message"
-};
+using usher::ConfigError;
 
 // Reads `path` over the defaults. False when there is any error; every error
 // found is in `errors` (the whole file is checked).
 bool loadConfig(const std::string& path, Config& config, std::vector<ConfigError>& errors);
 bool parseConfig(std::string_view text, const std::string& sourceName, Config& config,
                  std::vector<ConfigError>& errors);
-
-// "30d", "12h", "90m", "45s", "500ms", "10" (seconds).
-std::optional<milliseconds> parseLongDuration(std::string_view s);
 
 }  // namespace usher::reconcile

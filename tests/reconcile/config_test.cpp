@@ -8,7 +8,7 @@
 using usher::reconcile::Config;
 using usher::reconcile::ConfigError;
 using usher::reconcile::parseConfig;
-using usher::reconcile::parseLongDuration;
+using usher::parseDuration;
 
 namespace {
 
@@ -116,12 +116,12 @@ TEST_CASE("reconcile config: bad values") {
   CHECK(errorsOf("[reconcile]\nport_range = x\nenv_dir = y\n[users]\nmin_uid = 0\n").size() == 3);
 }
 
-TEST_CASE("parseLongDuration: days on top of the shared syntax") {
-  CHECK(parseLongDuration("30d") == std::chrono::hours(24 * 30));
-  CHECK(parseLongDuration("0") == std::chrono::milliseconds(0));
-  CHECK(parseLongDuration("12h") == std::chrono::hours(12));
-  CHECK(parseLongDuration("90m") == std::chrono::minutes(90));
-  CHECK_FALSE(parseLongDuration("d").has_value());
-  CHECK_FALSE(parseLongDuration("1w").has_value());
-  CHECK_FALSE(parseLongDuration("99999d").has_value());
+TEST_CASE("durations: days on top of s, m, h (port reservations are counted in days)") {
+  CHECK(parseDuration("30d") == std::chrono::hours(24 * 30));
+  CHECK(parseDuration("0") == std::chrono::milliseconds(0));
+  CHECK(parseDuration("12h") == std::chrono::hours(12));
+  CHECK(parseDuration("90m") == std::chrono::minutes(90));
+  CHECK_FALSE(parseDuration("d").has_value());
+  CHECK_FALSE(parseDuration("1w").has_value());
+  CHECK_FALSE(parseDuration("99999d").has_value());
 }

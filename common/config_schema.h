@@ -1,0 +1,73 @@
+// Schema-driven loading of one INI file shared by several programs: each
+// program names its sections and keys with a setter each; sections that
+// belong to another program are skipped; every error is reported with file,
+// line, section and key, and the whole file is checked, not just up to the
+// first problem.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <set>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "common/ini.h"
+
+namespace usher {
+
+struct ConfigError {
+  std::string file;
+  int line = 0;  // 0: not tied to a line
+  std::string section;
+  std::string key;
+  std::string message;
+  std::string str() const;  // "file:line: [section] key: message"
+};
+
+// A setter returns "" when the value was taken, else what is wrong with it.
+template <class Config>
+using KeySetter = std::function<std::string(Config&, std::string_view)>;
+template <class Config>
+using ConfigSchema = std::map<std::string, std::map<std::string, KeySetter<Config>>>;
+// Where each key was set: {section, key} -> line.
+using KeyLines = std::map<std::pair<std::string, std::string>, int>;
+
+// inih syntax errors ("line N: ...") as ConfigErrors; the entries parsed.
+std::vector<IniEntry> readIniEntries(std::string_view text, const std::string& source,
+                                     std::vector<ConfigError>& errors);
+
+// Applies `text` to `config`. Returns false if any error was found.
+template <class Config>
+bool applyIni(std::string_view text, const std::string& source, const ConfigSchema<Config>& schema,
+              const std::set<std::string>& foreignSections, Config& config, std::vector<ConfigError>& errors,
+              KeyLines* lines = nullptr) {
+  size_t before = errors.size();
+  KeyLines seen;
+  for (const auto& e : readIniEntries(text, source, errors)) {
+    if (foreignSections.count(e.section)) continue;
+    auto sec = schema.find(e.section);
+    if (sec == schema.end()) {
+      errors.push_back({source, e.line, e.section, e.key,
+                        e.section.empty() ? "key outside any [section]" : "unknown section"});
+      continue;
+    }
+    auto key = sec->second.find(e.key);
+    if (key == sec->second.end()) {
+      errors.push_back({source, e.line, e.section, e.key, "unknown key"});
+      continue;
+    }
+    auto [it, fresh] = seen.emplace(std::make_pair(e.section, e.key), e.line);
+    if (!fresh) {
+      errors.push_back({source, e.line, e.section, e.key, "set twice (first on line " + std::to_string(it->second) + ")"});
+      continue;
+    }
+    std::string problem = key->second(config, trim(e.value));
+    if (!problem.empty()) errors.push_back({source, e.line, e.section, e.key, problem});
+  }
+  if (lines) *lines = std::move(seen);
+  return errors.size() == before;
+}
+
+}  // namespace usher
