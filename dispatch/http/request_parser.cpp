@@ -68,6 +68,8 @@ void RequestParser::reset() {
   trailerLines_ = 0;
   scanPos_ = 0;
   scanLines_ = 0;
+  lineStart_ = 0;
+  sawCr_ = false;
 }
 
 RequestParser::Status RequestParser::fail(int status, std::string reason) {
@@ -76,112 +78,106 @@ RequestParser::Status RequestParser::fail(int status, std::string reason) {
   return Status::Error;
 }
 
-// Byte-level checks of the head, RFC 9112 §2-§5, done incrementally over
-// complete lines (scanPos_ remembers how far we got, so a client sending one
-// byte at a time costs linear, not quadratic, work). Returns true with
-// headLen set once the empty line ending the head has been seen; false with
-// error_ set (status != 0) on a violation; false with status 0 if more bytes
-// are needed.
+// Byte-level checks of the head, RFC 9112 §2-§5, in one walk over the bytes
+// that resumes where the previous read stopped (scanPos_), so a client
+// sending one byte at a time costs linear work. Every rule is judged at a
+// fixed byte: size limits and forbidden bytes (NUL, bare CR, bare LF) at the
+// byte that breaks them, line grammar at the line's LF. So the first rule
+// broken, and its status, do not depend on how the bytes were split into
+// reads. Returns true with headLen set once the empty line ending the head
+// has been seen; false with error_ set (status != 0) on a violation; false
+// with status 0 if more bytes are needed.
 bool RequestParser::scanHead(std::string_view buf, size_t& headLen) {
   error_.status = 0;
-  while (true) {
-    size_t lineStart = scanPos_;
-    size_t lf = buf.find('\n', lineStart);
+  for (size_t i = scanPos_; i < buf.size(); ++i) {
+    unsigned char c = static_cast<unsigned char>(buf[i]);
     bool requestLine = scanLines_ == 0;
-    if (lf == std::string_view::npos) {
-      size_t partial = buf.size() - lineStart;
-      // A CR at the very end may be the start of this line's CRLF.
-      if (partial > 0 && buf.back() == '\r') --partial;
-      if (requestLine && partial > limits_.maxRequestLine) {
-        fail(414, "request line too long");
-        return false;
-      }
-      if (buf.size() > limits_.maxHeaderBytes) {
-        fail(431, "request head too large");
-        return false;
-      }
-      // Fail early on bytes that can never become valid.
-      for (size_t i = lineStart; i < buf.size(); ++i) {
-        unsigned char c = static_cast<unsigned char>(buf[i]);
-        if (c == 0) {
-          fail(400, "NUL in request head");
-          return false;
-        }
-        if (c == '\r' && i + 1 < buf.size()) {
-          fail(400, "bare CR in request head");
-          return false;
-        }
-      }
+    bool lineEnd = c == '\r' || c == '\n';
+    // Size first: a byte past a limit is refused whatever it is.
+    if (!lineEnd && requestLine && i - lineStart_ + 1 > limits_.maxRequestLine) {
+      fail(414, "request line too long");
       return false;
     }
-    if (lf == lineStart || buf[lf - 1] != '\r') {
-      fail(400, "bare LF in request head");
-      return false;
-    }
-    std::string_view line = buf.substr(lineStart, lf - 1 - lineStart);
-    if (lf + 1 > limits_.maxHeaderBytes) {
+    if (i + 1 > limits_.maxHeaderBytes) {
       fail(requestLine ? 414 : 431, requestLine ? "request line too long" : "request head too large");
       return false;
     }
-    if (line.find('\r') != std::string_view::npos) {
-      fail(400, "bare CR in request head");
-      return false;
+    if (sawCr_) {
+      if (c != '\n') {
+        fail(400, "bare CR in request head");
+        return false;
+      }
+      sawCr_ = false;
+      scanPos_ = i + 1;
+      std::string_view line = buf.substr(lineStart_, i - 1 - lineStart_);
+      lineStart_ = i + 1;
+      if (!scanLine(line, headLen)) return false;
+      if (headLen != 0) return true;
+      continue;
     }
-    if (line.find('\0') != std::string_view::npos) {
+    if (c == '\r') {
+      sawCr_ = true;
+    } else if (c == '\n') {
+      fail(400, "bare LF in request head");
+      return false;
+    } else if (c == 0) {
       fail(400, "NUL in request head");
       return false;
     }
-    scanPos_ = lf + 1;
-    if (requestLine) {
-      // RFC 9112 §2.2: a server SHOULD ignore at least one empty line before
-      // the request line (left over after a body by some clients). Allow a few.
-      if (line.empty()) {
-        if (scanPos_ > 8) {
-          fail(400, "too many empty lines before request line");
-          return false;
-        }
-        continue;
-      }
-      if (line.size() > limits_.maxRequestLine) {
-        fail(414, "request line too long");
+    scanPos_ = i + 1;
+  }
+  return false;
+}
+
+// One complete line of the head (without its CRLF). Sets headLen at the
+// empty line that ends the head.
+bool RequestParser::scanLine(std::string_view line, size_t& headLen) {
+  if (scanLines_ == 0) {
+    // RFC 9112 §2.2: a server SHOULD ignore at least one empty line before
+    // the request line (left over after a body by some clients). Allow a few.
+    if (line.empty()) {
+      if (lineStart_ > 8) {
+        fail(400, "too many empty lines before request line");
         return false;
       }
-      if (!scanRequestLine(line)) return false;
-      scanLines_ = 1;
-      continue;
-    }
-    if (line.empty()) {
-      headLen = scanPos_;
       return true;
     }
-    if (line.front() == ' ' || line.front() == '\t') {
-      fail(400, "obsolete line folding in header");
+    if (!scanRequestLine(line)) return false;
+    scanLines_ = 1;
+    return true;
+  }
+  if (line.empty()) {
+    headLen = lineStart_;
+    return true;
+  }
+  if (line.front() == ' ' || line.front() == '\t') {
+    fail(400, "obsolete line folding in header");
+    return false;
+  }
+  if (++scanLines_ - 1 > limits_.maxHeaders) {
+    fail(431, "too many header fields");
+    return false;
+  }
+  size_t colon = line.find(':');
+  if (colon == std::string_view::npos || colon == 0) {
+    fail(400, "malformed header line");
+    return false;
+  }
+  for (size_t i = 0; i < colon; ++i) {
+    if (!isTchar(static_cast<unsigned char>(line[i]))) {
+      // RFC 9112 §5.1: no whitespace between field name and colon.
+      fail(400, line[i] == ' ' || line[i] == '\t' ? "whitespace before colon in header"
+                                                  : "invalid character in header name");
       return false;
-    }
-    if (++scanLines_ - 1 > limits_.maxHeaders) {
-      fail(431, "too many header fields");
-      return false;
-    }
-    size_t colon = line.find(':');
-    if (colon == std::string_view::npos || colon == 0) {
-      fail(400, "malformed header line");
-      return false;
-    }
-    for (size_t i = 0; i < colon; ++i) {
-      if (!isTchar(static_cast<unsigned char>(line[i]))) {
-        // RFC 9112 §5.1: no whitespace between field name and colon.
-        fail(400, line[i] == ' ' || line[i] == '\t' ? "whitespace before colon in header"
-                                                    : "invalid character in header name");
-        return false;
-      }
-    }
-    for (size_t i = colon + 1; i < line.size(); ++i) {
-      if (!isFieldValueByte(static_cast<unsigned char>(line[i]))) {
-        fail(400, "invalid character in header value");
-        return false;
-      }
     }
   }
+  for (size_t i = colon + 1; i < line.size(); ++i) {
+    if (!isFieldValueByte(static_cast<unsigned char>(line[i]))) {
+      fail(400, "invalid character in header value");
+      return false;
+    }
+  }
+  return true;
 }
 
 // request-line = method SP request-target SP HTTP-version (RFC 9112 §3).
@@ -439,14 +435,18 @@ int RequestParser::onMessageComplete(http_parser* p) {
 // Strict scan of chunked framing (RFC 9112 §7.1) before http-parser sees it:
 // http-parser skips chunk extensions without a bound and accepts some bytes in
 // them that RFC 9112 does not. Returns how many bytes of `data` belong to this
-// message (stops at its end) or npos on a violation (error_ set).
-size_t RequestParser::scanChunked(std::string_view data) {
+// message (stops at its end). On a violation, error_ is set, `bad` is true
+// and the count is that of the valid bytes before it, which still go to
+// http-parser first: then a rule broken earlier in the stream (the body
+// limit) wins over a later one, however the reads were split.
+size_t RequestParser::scanChunked(std::string_view data, bool& bad) {
   size_t i = 0;
   while (i < data.size()) {
     switch (chunkScan_) {
       case ChunkScan::Size:
       case ChunkScan::Trailer: {
         bool trailer = chunkScan_ == ChunkScan::Trailer;
+        const size_t lineBegin = i;
         size_t lf = data.find('\n', i);
         size_t end = lf == std::string_view::npos ? data.size() : lf + 1;
         for (size_t j = i; j < end; ++j) {
@@ -454,23 +454,27 @@ size_t RequestParser::scanChunked(std::string_view data) {
           if (c == '\n') {
             if (chunkLine_.empty() || chunkLine_.back() != '\r') {
               fail(400, "bare LF in chunked framing");
-              return std::string_view::npos;
+              bad = true;
+            return lineBegin;
             }
             chunkLine_.pop_back();
             break;
           }
           if (!chunkLine_.empty() && chunkLine_.back() == '\r') {
             fail(400, "bare CR in chunked framing");
-            return std::string_view::npos;
+            bad = true;
+            return lineBegin;
           }
           if (c == 0 || (c < 0x20 && c != '\t' && c != '\r') || c == 0x7f) {
             fail(400, "invalid byte in chunked framing");
-            return std::string_view::npos;
+            bad = true;
+            return lineBegin;
           }
           chunkLine_.push_back(static_cast<char>(c));
           if (chunkLine_.size() > limits_.maxChunkLine + 1) {
             fail(400, trailer ? "trailer line too long" : "chunk size line too long");
-            return std::string_view::npos;
+            bad = true;
+            return lineBegin;
           }
         }
         i = end;
@@ -485,7 +489,8 @@ size_t RequestParser::scanChunked(std::string_view data) {
           if (++trailerLines_ > limits_.maxHeaders || line.front() == ' ' || line.front() == '\t' ||
               line.find(':') == std::string_view::npos || line.front() == ':') {
             fail(400, "malformed trailer");
-            return std::string_view::npos;
+            bad = true;
+            return lineBegin;
           }
           chunkLine_.clear();
           break;
@@ -494,14 +499,16 @@ size_t RequestParser::scanChunked(std::string_view data) {
         while (digits < line.size() && isHex(static_cast<unsigned char>(line[digits]))) ++digits;
         if (digits == 0 || digits > 15) {
           fail(400, "invalid chunk size");
-          return std::string_view::npos;
+          bad = true;
+            return lineBegin;
         }
         if (digits < line.size()) {
           // chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS value ] )
           std::string_view ext = trimOws(line.substr(digits));
           if (ext.empty() || ext.front() != ';') {
             fail(400, "invalid chunk size");
-            return std::string_view::npos;
+            bad = true;
+            return lineBegin;
           }
         }
         chunkRemaining_ = std::stoull(std::string(line.substr(0, digits)), nullptr, 16);
@@ -517,17 +524,21 @@ size_t RequestParser::scanChunked(std::string_view data) {
         break;
       }
       case ChunkScan::DataCr:
-        if (data[i++] != '\r') {
+        if (data[i] != '\r') {
           fail(400, "chunk data not followed by CRLF");
-          return std::string_view::npos;
+          bad = true;
+          return i;
         }
+        ++i;
         chunkScan_ = ChunkScan::DataLf;
         break;
       case ChunkScan::DataLf:
-        if (data[i++] != '\n') {
+        if (data[i] != '\n') {
           fail(400, "chunk data not followed by CRLF");
-          return std::string_view::npos;
+          bad = true;
+          return i;
         }
+        ++i;
         chunkScan_ = ChunkScan::Size;
         break;
       case ChunkScan::Done:
@@ -544,20 +555,19 @@ RequestParser::BodyResult RequestParser::feedBody(std::string_view data, const B
     return r;
   }
   std::string_view mine = data;
-  if (head_.framing == Framing::Chunked) {
-    size_t n = scanChunked(data);
-    if (n == std::string_view::npos) {
-      r.error = true;
-      return r;
-    }
-    mine = data.substr(0, n);
-  }
+  bool scanBad = false;
+  if (head_.framing == Framing::Chunked) mine = data.substr(0, scanChunked(data, scanBad));
   sink_ = &sink;
-  size_t n = http_parser_execute(&parser_, &settings_, mine.data(), mine.size());
+  size_t n = mine.empty() ? 0 : http_parser_execute(&parser_, &settings_, mine.data(), mine.size());
   sink_ = nullptr;
   auto err = HTTP_PARSER_ERRNO(&parser_);
   if (err != HPE_OK && err != HPE_PAUSED) {
+    // A callback's verdict (413) replaces the scan's, which lies further on.
     if (error_.status == 0) fail(400, std::string("bad body framing: ") + http_errno_description(err));
+    r.error = true;
+    return r;
+  }
+  if (scanBad) {
     r.error = true;
     return r;
   }

@@ -103,9 +103,10 @@ private:
   Status fail(int status, std::string reason);
   bool scanHead(std::string_view buffered, size_t& headLen);
   bool scanRequestLine(std::string_view line);
+  bool scanLine(std::string_view line, size_t& headLen);
   bool checkFraming();
   bool absoluteToOrigin();
-  size_t scanChunked(std::string_view data);
+  size_t scanChunked(std::string_view data, bool& bad);
 
   Limits limits_;
   http_parser parser_{};
@@ -118,8 +119,10 @@ private:
   bool lastWasValue_ = false;
   uint64_t bodyBytes_ = 0;
   const BodySink* sink_ = nullptr;
-  size_t scanPos_ = 0;    // head bytes already checked (complete lines)
+  size_t scanPos_ = 0;    // head bytes already checked
+  size_t lineStart_ = 0;  // where the line being scanned starts
   size_t scanLines_ = 0;  // lines checked: request line + header lines
+  bool sawCr_ = false;    // the last byte checked was a CR
   // Chunked-framing scanner (bounds chunk extensions, which http-parser skips unbounded).
   enum class ChunkScan { Size, Data, DataCr, DataLf, Trailer, Done } chunkScan_ = ChunkScan::Size;
   std::string chunkLine_;

@@ -112,7 +112,8 @@ TEST_CASE("parseDuration") {
   CHECK(usher::parseDuration("1h") == std::chrono::milliseconds(1h));
   CHECK(usher::parseDuration(" 5s ") == std::chrono::milliseconds(5s));
   CHECK(usher::parseDuration("0") == 0ms);
-  for (const char* bad : {"", "s", "-1", "+1", "1.5s", "10 s", "10x", "1d", "ms10",
+  CHECK(usher::parseDuration("30d") == std::chrono::milliseconds(std::chrono::hours(24 * 30)));
+  for (const char* bad : {"", "s", "-1", "+1", "1.5s", "10 s", "10x", "1w", "36501d", "ms10",
                           "99999999999999999999", "2000000000000h"}) {
     CAPTURE(bad);
     CHECK_FALSE(usher::parseDuration(bad).has_value());
