@@ -228,7 +228,10 @@ bool RequestParser::scanRequestLine(std::string_view line) {
     fail(501, "CONNECT not supported");
     return false;
   }
-  bool absolute = target.size() > 7 && (target.rfind("http://", 0) == 0 || target.rfind("https://", 0) == 0);
+  auto startsWithNoCase = [&](std::string_view prefix) {
+    return target.size() > prefix.size() && iequals(target.substr(0, prefix.size()), prefix);
+  };
+  bool absolute = startsWithNoCase("http://") || startsWithNoCase("https://");
   if (target.front() != '/' && !absolute && !(target == "*" && method == "OPTIONS")) {
     fail(400, "request target is neither origin-form nor absolute-form");
     return false;
@@ -290,41 +293,35 @@ int RequestParser::onHeadersComplete(http_parser* p) {
   h.versionMinor = p->http_minor;
   h.keepAlive = http_should_keep_alive(p) != 0;
   self->headDone_ = true;
-  if (!self->absoluteToOrigin()) return -1;
   if (!self->checkFraming()) return -1;
+  if (!self->absoluteToOrigin()) return -1;
   return 0;
 }
 
-// RFC 9112 §3.2.2: a server MUST accept absolute-form, use its authority as
-// the Host and ignore any Host field. Backends get origin-form.
+// RFC 9112 §3.2.2: a server MUST accept absolute-form and use its authority
+// as the Host, ignoring the Host field's value; §3.2 still requires exactly
+// one Host field in HTTP/1.1 (checked before this). Backends get origin-form.
 bool RequestParser::absoluteToOrigin() {
   auto& h = head_;
   if (h.target.front() == '/' || h.target == "*") return true;
   size_t schemeEnd = h.target.find("://") + 3;
   size_t pathStart = h.target.find_first_of("/?", schemeEnd);
-  std::string authority = h.target.substr(schemeEnd, pathStart == std::string::npos ? std::string::npos : pathStart - schemeEnd);
-  if (authority.empty() || authority.find('@') != std::string::npos) {
+  std::string authority =
+      h.target.substr(schemeEnd, pathStart == std::string::npos ? std::string::npos : pathStart - schemeEnd);
+  // host [":" port]: reg-name, IPv4 or [IPv6]; no userinfo.
+  bool ok = !authority.empty() && authority.size() <= 255;
+  for (unsigned char c : authority)
+    if (!(std::isalnum(c) || c == '.' || c == '-' || c == '_' || c == '~' || c == ':' || c == '[' || c == ']'))
+      ok = false;
+  if (!ok) {
     fail(400, "invalid authority in absolute-form target");
     return false;
   }
   std::string rest = pathStart == std::string::npos ? "/" : h.target.substr(pathStart);
   if (rest.front() == '?') rest.insert(0, "/");
   h.target = rest;
-  bool replaced = false;
-  for (auto it = h.headers.begin(); it != h.headers.end();) {
-    if (iequals(it->name, "host")) {
-      if (!replaced) {
-        it->value = authority;
-        replaced = true;
-        ++it;
-      } else {
-        it = h.headers.erase(it);
-      }
-    } else {
-      ++it;
-    }
-  }
-  if (!replaced) h.headers.push_back({"Host", authority});
+  for (auto& hdr : h.headers)
+    if (iequals(hdr.name, "host")) hdr.value = authority;
   return true;
 }
 

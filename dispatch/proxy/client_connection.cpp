@@ -539,7 +539,6 @@ bool ClientConnection::routeRequest() {
 // headers; our own framing; no hop-by-hop fields; no identity header in any
 // spelling; X-Forwarded-* set by us.
 std::string ClientConnection::buildUpstreamHead(const std::string& backendKey) {
-  (void)backendKey;
   const auto& cfg = server_.config();
   const auto& h = request_.head();
   std::vector<std::string_view> connValues;
@@ -596,6 +595,9 @@ std::string ClientConnection::buildUpstreamHead(const std::string& backendKey) {
   out.append("X-Forwarded-For: ").append(xff).append("\r\n");
   if (xfProto != "http" && xfProto != "https") xfProto = "http";
   out.append("X-Forwarded-Proto: ").append(xfProto).append("\r\n");
+  // We speak HTTP/1.1 to backends, which requires a Host (an HTTP/1.0
+  // client may have sent none).
+  if (!host) out.append("Host: ").append(backendKey).append("\r\n");
   if (xfHost.empty() && host) xfHost = *host;
   if (!xfHost.empty()) out.append("X-Forwarded-Host: ").append(xfHost).append("\r\n");
   if (!cfg.forwardUserHeader.empty()) out.append(cfg.forwardUserHeader).append(": ").append(sso_).append("\r\n");
