@@ -150,6 +150,19 @@ const ConfigSchema<Config>& schema() {
               c.identityHeader = std::string(v);
               return "";
             }},
+           {"strip_cookies",
+            [](Config& c, std::string_view v) -> std::string {
+              auto items = splitList(v);
+              for (const auto& n : items) {
+                std::string_view name = n;
+                if (name.size() > 1 && name.back() == '*') name.remove_suffix(1);
+                for (unsigned char ch : name)
+                  if (!(std::isalnum(ch) || ch == '_' || ch == '-' || ch == '.'))
+                    return "invalid cookie name \"" + n + "\" (letters, digits, '_', '-', '.', and a trailing '*')";
+              }
+              c.stripCookies = std::move(items);
+              return "";
+            }},
            {"forward_user_header",
             [](Config& c, std::string_view v) -> std::string {
               if (!v.empty() && !validHeaderName(v)) return "expected a header name, or empty to disable";

@@ -52,6 +52,9 @@ struct Config {
   std::string trustedProxiesText = "127.0.0.1/32 ::1/128";
   std::string identityHeader = "X-authentik-username";
   std::string forwardUserHeader = "X-Forwarded-User";  // "" = do not send one
+  // Cookies never forwarded to backends (the SSO edge's own session); a
+  // trailing '*' matches a prefix.
+  std::vector<std::string> stripCookies{"authentik_proxy_*", "_oauth2_proxy*", "authelia_session"};
 
   // [users]
   std::string mapFile = "/etc/ttyd-user-map";

@@ -605,6 +605,18 @@ std::string ClientConnection::buildUpstreamHead(const std::string& backendKey) {
   return out;
 }
 
+bool ClientConnection::strippedCookie(std::string_view name) const {
+  for (const auto& pattern : server_.config().stripCookies) {
+    std::string_view p = pattern;
+    if (!p.empty() && p.back() == '*') {
+      if (name.substr(0, p.size() - 1) == p.substr(0, p.size() - 1)) return true;
+    } else if (name == p) {
+      return true;
+    }
+  }
+  return false;
+}
+
 // One Cookie header for the backend: never Usher's bind cookie; the app's
 // session cookie only when it is bound to this identity, or the one just
 // minted for it.
@@ -616,7 +628,7 @@ void ClientConnection::appendCookieHeader(std::string& out) {
   for (const auto& hdr : request_.head().headers) {
     if (!iequals(hdr.name, "cookie")) continue;
     for (const auto& c : parseCookies(hdr.value)) {
-      if (c.name == m.bindCookieName) continue;
+      if (c.name == m.bindCookieName || strippedCookie(c.name)) continue;
       if (minting && c.name == m.cookieName) {
         // Only the copy the bind cookie vouched for (the first), never stale
         // duplicates, and none when a fresh one is injected.

@@ -68,6 +68,7 @@ private:
   void onMintDone(const MintOutcome& outcome);
   void proceedUpstream();
   void appendCookieHeader(std::string& out);
+  bool strippedCookie(std::string_view name) const;
   void appendSessionCookies(std::string& head);
   std::string buildUpstreamHead(const std::string& backendKey);
   bool startUpstream(bool allowPooled);
