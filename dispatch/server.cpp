@@ -4,6 +4,7 @@
 #include <netinet/tcp.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -24,6 +25,7 @@ Server::Server(Config config)
   reapEvent_.reset(event_new(base_.get(), -1, 0, onReap, this));
   drainTimer_.reset(evtimer_new(base_.get(), onDrainTick, this));
   resumeAccept_.reset(evtimer_new(base_.get(), onResumeAccept, this));
+  notifyTimer_.reset(evtimer_new(base_.get(), onNotifyTick, this));
 }
 
 Server::~Server() {
@@ -40,6 +42,57 @@ Server::~Server() {
   reapEvent_.reset();
   drainTimer_.reset();
   resumeAccept_.reset();
+  notifyTimer_.reset();
+}
+
+bool Server::addListener(evconnlistener* listener, const std::string& what) {
+  if (!listener) {
+    spdlog::critical(LogLine("fatal").kv("msg", "cannot listen").kv("addr", what).kv("error", std::strerror(errno)).str());
+    return false;
+  }
+  evconnlistener_set_error_cb(listener, onAcceptError);
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  getsockname(evconnlistener_get_fd(listener), reinterpret_cast<sockaddr*>(&ss), &len);
+  bound_.push_back(net::fromSockaddr(reinterpret_cast<sockaddr*>(&ss), len));
+  listeners_.emplace_back(listener);
+  spdlog::info(LogLine("listening").kv("role", "proxy").kv("addr", bound_.back().str()).kv("from", what).str());
+  return true;
+}
+
+void Server::startWatch() {
+  watch_ = std::make_unique<FileWatch>(base_.get(), std::vector<std::string>{config_.mapFile, config_.stateFile},
+                                       config_.reloadDebounce,
+                                       [this](size_t i) { reload(i == 0, i == 1); });
+  if (!watch_->ok()) {
+    spdlog::warn(LogLine("inotify_unavailable").kv("msg", "map and state reload only on SIGHUP").str());
+  }
+}
+
+void Server::notify(const std::string& state) { sd_notify(0, state.c_str()); }
+
+std::string Server::statusLine() const {
+  return "connections=" + std::to_string(connections_.size()) +
+         " websockets=" + std::to_string(metrics_.websocketsActive) +
+         " users=" + std::to_string(directory_.map().size()) +
+         " backends=" + std::to_string(directory_.state().size()) + (draining_ ? " draining" : "");
+}
+
+// Every tick (half the watchdog interval, or 5 s): WATCHDOG=1 when systemd
+// asked for it, STATUS= when it changed. The loop running is what it proves.
+void Server::onNotifyTick(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<Server*>(arg);
+  std::string msg;
+  if (self->watchdogUsec_ > 0) msg = "WATCHDOG=1\n";
+  std::string status = self->statusLine();
+  if (status != self->lastStatus_) {
+    msg += "STATUS=" + status + "\n";
+    self->lastStatus_ = status;
+  }
+  if (!msg.empty()) self->notify(msg);
+  uint64_t usec = self->watchdogUsec_ > 0 ? self->watchdogUsec_ / 2 : 5'000'000;
+  timeval tv{static_cast<time_t>(usec / 1'000'000), static_cast<suseconds_t>(usec % 1'000'000)};
+  evtimer_add(self->notifyTimer_.get(), &tv);
 }
 
 bool Server::init() {
@@ -56,22 +109,33 @@ bool Server::init() {
     }
     mint_ = std::make_unique<MintService>(base_.get(), config_.mint, metrics_);
   }
-  for (const auto& l : config_.listen) {
-    auto addr = net::parseAddress(l);
-    evconnlistener* listener = evconnlistener_new_bind(
-        base_.get(), onAccept, this, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 1024,
-        addr->sa(), static_cast<int>(addr->length));
-    if (!listener) {
-      spdlog::critical(LogLine("fatal").kv("msg", "cannot listen").kv("addr", l).kv("error", std::strerror(errno)).str());
+  // Socket activation: systemd's sockets (usher-dispatch.socket) replace [server] listen.
+  int passed = sd_listen_fds(1);
+  if (passed < 0) {
+    spdlog::critical(LogLine("fatal").kv("msg", "sd_listen_fds failed").kv("error", std::strerror(-passed)).str());
+    return false;
+  }
+  for (int fd = SD_LISTEN_FDS_START; fd < SD_LISTEN_FDS_START + passed; ++fd) {
+    if (sd_is_socket(fd, AF_UNSPEC, SOCK_STREAM, 1) <= 0) {
+      spdlog::critical(LogLine("fatal").kv("msg", "passed descriptor is not a listening stream socket").kv("fd", fd).str());
       return false;
     }
-    evconnlistener_set_error_cb(listener, onAcceptError);
-    sockaddr_storage ss{};
-    socklen_t len = sizeof ss;
-    getsockname(evconnlistener_get_fd(listener), reinterpret_cast<sockaddr*>(&ss), &len);
-    bound_.push_back(net::fromSockaddr(reinterpret_cast<sockaddr*>(&ss), len));
-    listeners_.emplace_back(listener);
-    spdlog::info(LogLine("listening").kv("role", "proxy").kv("addr", bound_.back().str()).str());
+    evutil_make_socket_nonblocking(fd);
+    evutil_make_socket_closeonexec(fd);
+    if (!addListener(evconnlistener_new(base_.get(), onAccept, this, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fd),
+                     "systemd"))
+      return false;
+    ++inherited_;
+  }
+  if (inherited_ == 0) {
+    for (const auto& l : config_.listen) {
+      auto addr = net::parseAddress(l);
+      if (!addListener(evconnlistener_new_bind(base_.get(), onAccept, this,
+                                               LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 1024,
+                                               addr->sa(), static_cast<int>(addr->length)),
+                       l))
+        return false;
+    }
   }
   if (!config_.adminListen.empty()) {
     admin_ = std::make_unique<AdminServer>(base_.get(), metrics_, [this] { return ready(); });
@@ -86,12 +150,7 @@ bool Server::init() {
     signals_.emplace_back(evsignal_new(base_.get(), sig, onSignal, this));
     event_add(signals_.back().get(), nullptr);
   }
-  watch_ = std::make_unique<FileWatch>(base_.get(), std::vector<std::string>{config_.mapFile, config_.stateFile},
-                                       config_.reloadDebounce,
-                                       [this](size_t i) { reload(i == 0, i == 1); });
-  if (!watch_->ok()) {
-    spdlog::warn(LogLine("inotify_unavailable").kv("msg", "map and state reload only on SIGHUP").str());
-  }
+  startWatch();
   directory_.reloadMap();
   directory_.reloadState();
   return true;
@@ -105,6 +164,11 @@ int Server::run() {
                    .kv("state_entries", directory_.state().size())
                    .kv("ready", ready())
                    .str());
+  // systemd (Type=notify): listeners bound, map and state loaded.
+  sd_watchdog_enabled(0, &watchdogUsec_);
+  lastStatus_ = statusLine();
+  notify("READY=1\nSTATUS=" + lastStatus_);
+  onNotifyTick(-1, 0, this);
   event_base_dispatch(base_.get());
   for (auto* c : retired_) delete c;
   retired_.clear();
@@ -181,9 +245,14 @@ void Server::onSignal(evutil_socket_t sig, short, void* arg) {
   auto* self = static_cast<Server*>(arg);
   if (sig == SIGHUP) {
     spdlog::info(LogLine("signal").kv("signal", "SIGHUP").kv("action", "reload").str());
+    self->notify("RELOADING=1\nSTATUS=reloading");
+    self->reloadConfig();
     self->reload(true, true);
+    self->lastStatus_ = self->statusLine();
+    self->notify("READY=1\nSTATUS=" + self->lastStatus_);
   } else {
     spdlog::info(LogLine("signal").kv("signal", sig == SIGTERM ? "SIGTERM" : "SIGINT").kv("action", "shutdown").str());
+    if (!self->draining_) self->notify("STOPPING=1\nSTATUS=draining");
     self->beginShutdown();
   }
 }
@@ -192,6 +261,59 @@ void Server::reload(bool map, bool state) {
   if (map) directory_.reloadMap();
   if (state) directory_.reloadState();
   revokeStale();
+}
+
+bool Server::reloadConfig() {
+  if (config_.sourcePath.empty()) return true;  // embedded defaults: nothing to re-read
+  const std::string path = config_.sourcePath;
+  auto fail = [&](const std::string& msg) {
+    ++metrics_.reloads[{"config", "error"}];
+    spdlog::error(LogLine("reload").kv("file", "config").kv("path", path).kv("result", "error").kv("msg", msg).kv("kept", "running config").str());
+    return false;
+  };
+  Config next = defaultConfig();
+  std::vector<ConfigError> errors;
+  if (!loadConfig(path, next, errors)) {
+    for (const auto& e : errors) spdlog::error(LogLine("config_error").kv("msg", e.str()).str());
+    return fail(std::to_string(errors.size()) + " error(s) in configuration");
+  }
+  if (spdlog::level::from_str(next.logLevel) == spdlog::level::off && next.logLevel != "off")
+    return fail("bad log level");
+  // Built once at start: these keep their running values (a restart applies them).
+  std::vector<std::string> kept;
+  auto keep = [&](bool differs, const char* name) {
+    if (differs) kept.emplace_back(name);
+  };
+  keep(next.listen != config_.listen && inherited_ == 0, "listen");
+  next.listen = config_.listen;
+  keep(next.adminListen != config_.adminListen, "admin_listen");
+  next.adminListen = config_.adminListen;
+  keep(next.mint.enabled != config_.mint.enabled, "mint.enabled");
+  next.mint.enabled = config_.mint.enabled;
+  keep(next.maxIdlePerBackend != config_.maxIdlePerBackend, "max_idle_per_backend");
+  next.maxIdlePerBackend = config_.maxIdlePerBackend;
+  keep(next.upstreamIdle != config_.upstreamIdle, "upstream.idle_timeout");
+  next.upstreamIdle = config_.upstreamIdle;
+  // Bind keys may be rotated by a reload; a key that cannot be read keeps the old config.
+  std::optional<BindKeys> keys;
+  if (next.mint.enabled) {
+    std::string err;
+    keys = BindKeys::load(next.mint.bindKeyFile, next.mint.bindKeyPreviousFile, err);
+    if (!keys) return fail(err);
+  }
+  bool files = next.mapFile != config_.mapFile || next.stateFile != config_.stateFile ||
+               next.reloadDebounce != config_.reloadDebounce;
+  if (next.logLevel != config_.logLevel) spdlog::set_level(spdlog::level::from_str(next.logLevel));
+  config_ = std::move(next);  // Directory and MintService read it through references
+  if (keys) bindKeys_ = std::move(keys);
+  if (files) startWatch();
+  std::string keptText;
+  for (const auto& k : kept) keptText += (keptText.empty() ? "" : ",") + k;
+  ++metrics_.reloads[{"config", "ok"}];
+  auto line = LogLine("reload").kv("file", "config").kv("path", path).kv("result", "ok");
+  if (!keptText.empty()) line.kv("unchanged_until_restart", keptText);
+  spdlog::info(line.str());
+  return true;
 }
 
 // A user who left the map (or now maps to another OS user) loses access at

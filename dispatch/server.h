@@ -55,6 +55,12 @@ public:
 
   // Map and/or state changed on disk or SIGHUP: reload and revoke.
   void reload(bool map, bool state);
+  // SIGHUP: re-reads the config file (everything but the listeners and what
+  // is built once at start, which is kept and named in the log line); on any
+  // error the running config stays. Returns whether the new one was taken.
+  bool reloadConfig();
+  // Listeners passed by systemd (socket activation), used instead of [server] listen.
+  size_t inheritedListeners() const { return inherited_; }
 
 private:
   static void onAccept(evconnlistener* l, evutil_socket_t fd, sockaddr* sa, int len, void* arg);
@@ -63,6 +69,12 @@ private:
   static void onReap(evutil_socket_t, short, void* arg);
   static void onDrainTick(evutil_socket_t, short, void* arg);
   static void onResumeAccept(evutil_socket_t, short, void* arg);
+  static void onNotifyTick(evutil_socket_t, short, void* arg);
+  bool addListener(evconnlistener* listener, const std::string& what);
+  void startWatch();
+  // sd_notify: a no-op when not run by systemd (no $NOTIFY_SOCKET).
+  void notify(const std::string& state);
+  std::string statusLine() const;
   void accept(evutil_socket_t fd, sockaddr* sa, int len);
   void revokeStale();
   void beginShutdown();
@@ -81,6 +93,10 @@ private:
   net::EventPtr reapEvent_;
   net::EventPtr drainTimer_;
   net::EventPtr resumeAccept_;
+  net::EventPtr notifyTimer_;
+  uint64_t watchdogUsec_ = 0;
+  std::string lastStatus_;
+  size_t inherited_ = 0;
   std::unique_ptr<AdminServer> admin_;
   std::unique_ptr<FileWatch> watch_;
   // Connections own themselves; retired ones wait here for the reaper.
