@@ -1,6 +1,7 @@
 """scripts/install on a clean systemd host, and the shipped sudoers rule,
 units and mint wrapper doing their jobs there (issue 5's "Done means")."""
 
+import http.client
 import json
 import os
 import stat
@@ -36,6 +37,11 @@ def test_install_puts_everything_in_place(host):
     assert "listen = 127.0.0.1:%d" % h.listen_port in h.read("/etc/usher/usher.conf")
     pid = h.main_pid()
     assert h.exec("ps", "-o", "user=", "-p", str(pid)).stdout.strip() == "usher"
+    # Ready from the start (map and state loaded), even with nobody mapped yet.
+    c = http.client.HTTPConnection("127.0.0.1", h.admin_port, timeout=5)
+    c.request("GET", "/readyz")
+    assert c.getresponse().status == 200
+    c.close()
 
 
 def test_install_again_changes_nothing(host):
