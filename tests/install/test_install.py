@@ -131,3 +131,28 @@ def test_map_line_reaches_instance_then_access_ends(host):
     wait_for(lambda: h.request("alice")[0] == 403, timeout=2.0, interval=0.02,
              what="alice refused after removal")
     print("line removed -> 403 in %.2fs" % (time.monotonic() - t1))
+
+
+def test_uninstall_keeps_data_then_reinstall(host):
+    h = host
+    bob = MAPPED["bob"]
+    h.write_map_atomic(["bob=%s" % bob])
+    wait_for(lambda: h.request("bob")[0] == 200, timeout=10, interval=0.1, what="bob served")
+    r = h.exec("/bin/bash", os.path.join(REPO, "scripts", "uninstall"), check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for p in ("/etc/systemd/system/usher-dispatch.service", "/etc/sudoers.d/usher-dispatch",
+              "/usr/local/sbin/usher-dispatch", "/usr/local/sbin/usher-reconcile", WRAPPER):
+        assert not h.exists(p), p
+    assert h.systemctl("is-active", "usher-dispatch.service", check=False).stdout.strip() != "active"
+    # Kept: config, key, map, state, env files, the person's instance and files.
+    for p in ("/etc/usher/usher.conf", "/etc/usher/bind.key", "/etc/ttyd-user-map",
+              "/var/lib/usher/state.json", "/etc/t3-serve/%s.env" % bob, "/home/%s/.t3" % bob):
+        assert h.exists(p), p
+    assert h.systemctl("is-active", "t3-serve@%s.service" % bob).stdout.strip() == "active"
+    r = sudo_as_usher(h, "-u", bob, WRAPPER)
+    assert r.returncode != 0
+    # Installing again picks everything up.
+    r = h.exec("/bin/bash", os.path.join(REPO, "scripts", "install"), "--build-dir",
+               os.path.dirname(os.path.dirname(h.binary)), check=False, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_for(lambda: h.request("bob")[0] == 200, timeout=10, interval=0.1, what="bob served again")
