@@ -82,6 +82,12 @@ class Host(Sandbox):
         return self.exec("journalctl", "-q", "-o", "cat", "--no-pager", "-u", unit,
                          check=False).stdout
 
+    def assert_clean_journal(self):
+        """No sanitizer report from the dispatcher (the ASan pass installs ASan binaries)."""
+        log = self.journal()
+        bad = [m for m in ("AddressSanitizer", "LeakSanitizer", "runtime error:") if m in log]
+        assert not bad, "sanitizer report in usher-dispatch's journal:\n" + log[-5000:]
+
     def write_map_atomic(self, lines, p="/etc/ttyd-user-map"):
         tmp = p + ".test-new"
         self.write(tmp, "".join(l + "\n" for l in lines))

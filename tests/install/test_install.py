@@ -144,6 +144,7 @@ def test_uninstall_keeps_data_then_reinstall(host):
               "/usr/local/sbin/usher-dispatch", "/usr/local/sbin/usher-reconcile", WRAPPER):
         assert not h.exists(p), p
     assert h.systemctl("is-active", "usher-dispatch.service", check=False).stdout.strip() != "active"
+    h.assert_clean_journal()
     # Kept: config, key, map, state, env files, the person's instance and files.
     for p in ("/etc/usher/usher.conf", "/etc/usher/bind.key", "/etc/ttyd-user-map",
               "/var/lib/usher/state.json", "/etc/t3-serve/%s.env" % bob, "/home/%s/.t3" % bob):

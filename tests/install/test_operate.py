@@ -241,5 +241,6 @@ def test_stop_under_load_within_drain(host):
     assert result == "success", result
     log = h.journal()
     assert "event=draining" in log
+    h.assert_clean_journal()  # it has exited: LeakSanitizer has spoken
     h.systemctl("start", "usher-dispatch.service")
     assert h.systemctl("is-active", "usher-dispatch.service").stdout.strip() == "active"
