@@ -3,11 +3,17 @@
 #include <getopt.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <memory>
 #include <cstring>
 #include <string>
 
+#include <spdlog/pattern_formatter.h>
 #include <spdlog/spdlog.h>
 
 #include "common/logfmt.h"
@@ -16,6 +22,35 @@
 #include "usher/version.h"
 
 namespace {
+
+// stderr is connected to the journal (systemd sets $JOURNAL_STREAM to its
+// device:inode): then each line starts with its syslog priority (<3>, <4>,
+// <6>...), which journald turns into the entry's priority (journalctl -p
+// warning works), and leaves out ts= (the journal stamps every entry).
+bool stderrIsJournal() {
+  const char* js = std::getenv("JOURNAL_STREAM");
+  struct stat st {};
+  if (!js || fstat(STDERR_FILENO, &st) != 0) return false;
+  unsigned long long dev = 0, ino = 0;
+  if (std::sscanf(js, "%llu:%llu", &dev, &ino) != 2) return false;
+  return dev == static_cast<unsigned long long>(st.st_dev) && ino == static_cast<unsigned long long>(st.st_ino);
+}
+
+class SyslogPriority final : public spdlog::custom_flag_formatter {
+public:
+  void format(const spdlog::details::log_msg& msg, const std::tm&, spdlog::memory_buf_t& dest) override {
+    static constexpr const char* kPrefix[] = {"<7>", "<7>", "<6>", "<4>", "<3>", "<2>", "<6>"};
+    std::string_view p = kPrefix[std::min<size_t>(static_cast<size_t>(msg.level), 6)];
+    dest.append(p.data(), p.data() + p.size());
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<SyslogPriority>(); }
+};
+
+void useJournalFormat() {
+  auto f = std::make_unique<spdlog::pattern_formatter>();
+  f->add_flag<SyslogPriority>('*').set_pattern("%*level=%l %v");
+  spdlog::default_logger()->set_formatter(std::move(f));
+}
 
 void usage(FILE* f) {
   std::fputs(
@@ -80,6 +115,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usher-dispatch: bad log level\n");
     return 1;
   }
+  if (stderrIsJournal()) useJournalFormat();
   ::signal(SIGPIPE, SIG_IGN);
   // Each proxied request holds two descriptors; use what the host allows.
   rlimit nofile{};

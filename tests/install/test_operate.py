@@ -214,6 +214,12 @@ def test_bad_config_reload_keeps_running_config(host):
         wait_for(lambda: "result=error" in h.journal(), timeout=5, what="reload error line")
         assert h.request(SSO)[0] == 200
         assert h.systemctl("is-active", "usher-dispatch.service").stdout.strip() == "active"
+        # Logs suit journald: the error is an entry of priority err, no ts= of our own.
+        errs = h.exec("journalctl", "-q", "-o", "cat", "--no-pager", "-p", "err",
+                      "-u", "usher-dispatch.service").stdout
+        assert "event=reload file=config" in errs and "result=error" in errs, errs
+        assert "event=access" not in errs
+        assert not any(l.startswith("ts=") for l in h.journal().splitlines() if "event=" in l)
     finally:
         h.write("/etc/usher/usher.conf", conf)
         h.systemctl("reload", "usher-dispatch.service")
