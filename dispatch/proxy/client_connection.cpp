@@ -14,6 +14,7 @@
 #include "common/logfmt.h"
 #include "common/usermap.h"
 #include "dispatch/http/headers.h"
+#include "dispatch/net/read_more.h"
 #include "dispatch/server.h"
 #include "dispatch/session/cookies.h"
 
@@ -94,6 +95,8 @@ bool ClientConnection::start() {
   bufferevent_setwatermark(client_.get(), EV_READ, 0,
                            std::max<size_t>(cfg.maxHeaderBytes + 1, cfg.bufferHighWatermark));
   bufferevent_setwatermark(client_.get(), EV_WRITE, cfg.bufferHighWatermark / 2, 0);
+  // libevent's default is 16 KiB per write; bulk responses want fewer syscalls.
+  bufferevent_set_max_single_write(client_.get(), 256 * 1024);
   bufferevent_enable(client_.get(), EV_READ | EV_WRITE);
   armTimer(cfg.clientHeader);
   return true;
@@ -205,12 +208,16 @@ void ClientConnection::clientRead() {
       readHeads();
       return;
     case State::Proxying:
-      if (!requestDone_) pumpRequestBody();
+      if (!requestDone_) {
+        if (!upstreamOutputFull()) net::readMore(client_.get(), server_.config().bufferHighWatermark);
+        pumpRequestBody();
+      }
       // Otherwise bytes of a pipelined request wait in the buffer (bounded by
       // the read watermark) until this exchange is over.
       return;
     case State::Upgraded:
       touch();
+      if (!upstreamOutputFull()) net::readMore(client_.get(), server_.config().bufferHighWatermark);
       pumpUpgraded();
       return;
     case State::WaitingMint:
@@ -694,6 +701,7 @@ bool ClientConnection::startUpstream(bool allowPooled) {
   bufferevent_setcb(up, onUpstreamRead, onUpstreamWrite, onUpstreamEvent, this);
   bufferevent_setwatermark(up, EV_WRITE, cfg.bufferHighWatermark / 2, 0);
   bufferevent_setwatermark(up, EV_READ, 0, 0);
+  bufferevent_set_max_single_write(up, 256 * 1024);
   bufferevent_enable(up, EV_READ | EV_WRITE);
   response_.reset(request_.head().methodCode == HTTP_HEAD);
   evbuffer_add(bufferevent_get_output(up), upstreamHead_.data(), upstreamHead_.size());
@@ -841,13 +849,16 @@ void ClientConnection::upstreamFailed(bool eof, int err) {
 
 void ClientConnection::upstreamRead() {
   if (!upstream_) return;
+  size_t hw = server_.config().bufferHighWatermark;
   if (state_ == State::Upgraded) {
     touch();
+    if (!clientOutputFull()) net::readMore(upstream_->bev.get(), hw);
     pumpUpgraded();
     return;
   }
   if (state_ != State::Proxying) return;
   touch();
+  if (!clientOutputFull() && !upstreamEof_) net::readMore(upstream_->bev.get(), hw);
   evbuffer* in = bufferevent_get_input(upstream_->bev.get());
   while (state_ == State::Proxying && !responseDone_ && evbuffer_get_length(in) > 0) {
     if (clientOutputFull()) {
