@@ -257,6 +257,10 @@ void ClientConnection::clientWrite() {
       }
       return;
     case State::Lingering:
+      if (evbuffer_get_length(out) == 0 && !lingerWanted_) {
+        close();
+        return;
+      }
       if (evbuffer_get_length(out) == 0 && !lingerShut_) {
         // Half-close, then keep reading (and discarding) for a moment, so that
         // unread request bytes do not turn our answer into a TCP reset.
@@ -1208,6 +1212,11 @@ void ClientConnection::abortExchange(std::string_view why) {
 
 void ClientConnection::closeAfterFlush() {
   releaseUpstream(false);
+  // Lingering (half-close, then read and discard for a moment) matters only
+  // when the client may still be sending: an unread request body, a refused
+  // head, pipelined bytes. Otherwise close as soon as the answer is out.
+  lingerWanted_ = !requestDone_ || status_ >= 400 ||
+                  evbuffer_get_length(bufferevent_get_input(client_.get())) > 0;
   state_ = State::Lingering;
   lingerShut_ = false;
   lingerDiscarded_ = 0;

@@ -148,6 +148,7 @@ private:
   bool upstreamEof_ = false;
   // Lingering close
   bool lingerShut_ = false;
+  bool lingerWanted_ = true;
   size_t lingerDiscarded_ = 0;
   // Inactivity timer
   std::chrono::milliseconds timerFor_{0};
