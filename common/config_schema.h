@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/atomic_file.h"
 #include "common/ini.h"
 
 namespace usher {
@@ -68,6 +69,19 @@ bool applyIni(std::string_view text, const std::string& source, const ConfigSche
   }
   if (lines) *lines = std::move(seen);
   return errors.size() == before;
+}
+
+// Reads `path` and hands its text to `parse(text, source, config, errors)`;
+// a file that cannot be read is one error without a line.
+template <class Config, class Parse>
+bool loadConfigFile(const std::string& path, Config& config, std::vector<ConfigError>& errors, Parse parse) {
+  std::string err;
+  auto text = readFile(path, err);
+  if (!text) {
+    errors.push_back({path, 0, "", "", err});
+    return false;
+  }
+  return parse(*text, path, config, errors);
 }
 
 }  // namespace usher

@@ -154,13 +154,7 @@ bool parseConfig(std::string_view text, const std::string& sourceName, Config& c
 }
 
 bool loadConfig(const std::string& path, Config& config, std::vector<ConfigError>& errors) {
-  std::string err;
-  auto text = readFile(path, err);
-  if (!text) {
-    errors.push_back({path, 0, "", "", err});
-    return false;
-  }
-  return parseConfig(*text, path, config, errors);
+  return loadConfigFile(path, config, errors, parseConfig);
 }
 
 }  // namespace usher::reconcile

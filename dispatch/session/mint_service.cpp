@@ -1,12 +1,12 @@
 #include "dispatch/session/mint_service.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cstring>
-
 #include <nlohmann/json.hpp>
-#include <spdlog/spdlog.h>
 
 #include "common/logfmt.h"
 #include "common/usermap.h"
@@ -172,9 +172,12 @@ std::vector<std::string> MintService::expandCommand(const MintTarget& t) const {
 std::string MintService::exchangeBody(const std::string& credential) const {
   std::string escaped;
   std::string_view type = config_.exchangeContentType;
-  if (type.rfind("application/json", 0) == 0 || type.find("+json") != std::string_view::npos) escaped = jsonEscape(credential);
-  else if (type.rfind("application/x-www-form-urlencoded", 0) == 0) escaped = formEscape(credential);
-  else escaped = credential;  // validCredential: no control characters
+  if (type.rfind("application/json", 0) == 0 || type.find("+json") != std::string_view::npos)
+    escaped = jsonEscape(credential);
+  else if (type.rfind("application/x-www-form-urlencoded", 0) == 0)
+    escaped = formEscape(credential);
+  else
+    escaped = credential;  // validCredential: no control characters
   std::string body;
   const std::string& tpl = config_.exchangeBody;
   size_t pos = 0;
@@ -218,9 +221,15 @@ void MintService::onCommandDone(const std::string& key, ChildResult& r) {
     case ChildResult::Outcome::SpawnFailed:
       detail = r.spawnErrno == ENOENT || r.spawnErrno == EACCES ? "command_missing" : "spawn_failed";
       break;
-    case ChildResult::Outcome::Timeout: detail = "timeout"; break;
-    case ChildResult::Outcome::OutputTooLarge: detail = "output_too_large"; break;
-    case ChildResult::Outcome::Signaled: detail = "killed_by_signal"; break;
+    case ChildResult::Outcome::Timeout:
+      detail = "timeout";
+      break;
+    case ChildResult::Outcome::OutputTooLarge:
+      detail = "output_too_large";
+      break;
+    case ChildResult::Outcome::Signaled:
+      detail = "killed_by_signal";
+      break;
     case ChildResult::Outcome::Exited:
       if (r.exitStatus != 0) detail = "exit_status";
       break;
@@ -273,57 +282,45 @@ void MintService::startExchange(const std::string& key) {
   if (config_.exchangeMethod != "GET" || !body.empty())
     headers.push_back("Content-Type: " + config_.exchangeContentType);
   headers.push_back("Accept: application/json");
-  std::string request = HttpClient::buildRequest(config_.exchangeMethod, config_.exchangePath, f.target.hostHeader,
-                                                 headers, body);
-  auto remaining = config_.timeout - std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - f.started);
-  if (remaining.count() <= 0) {
-    complete(key, MintOutcome{false, 502, "mint_failed", "timeout"});
-    return;
-  }
-  f.http = std::make_unique<HttpClient>(base_, f.target.backend, std::move(request), remaining,
-                                        [this, key](HttpClientResult& r) {
-                                          auto it = flights_.find(key);
-                                          if (it == flights_.end()) return;
-                                          Flight& fl = *it->second;
-                                          if (!r.ok) {
-                                            spdlog::warn(LogLine("mint_exchange")
-                                                             .kv("os_user", fl.target.osUser)
-                                                             .kv("error", r.error)
-                                                             .str());
-                                            complete(key, MintOutcome{false, 502, "mint_failed", "exchange_failed"});
-                                            return;
-                                          }
-                                          if (r.status / 100 != 2) {
-                                            spdlog::warn(LogLine("mint_exchange")
-                                                             .kv("os_user", fl.target.osUser)
-                                                             .kv("status", r.status)
-                                                             .str());
-                                            complete(key, MintOutcome{false, 502, "mint_failed", "exchange_status"});
-                                            return;
-                                          }
-                                          MintOutcome ok{true, 200, "", ""};
-                                          bool found = false;
-                                          for (const auto& h : r.headers) {
-                                            if (!http::iequals(h.name, "set-cookie")) continue;
-                                            auto sc = parseSetCookie(h.value);
-                                            if (sc && sc->name == config_.cookieName && !sc->value.empty() &&
-                                                validCookieValue(sc->value)) {
-                                              ok.cookieValue = sc->value;
-                                              ok.cookieExpires = sc->expires;
-                                              ok.cookieMaxAge = sc->maxAge;
-                                              found = true;
-                                            }
-                                          }
-                                          if (!found) {
-                                            complete(key, MintOutcome{false, 502, "mint_failed", "no_cookie"});
-                                            return;
-                                          }
-                                          fl.outcome = ok;
-                                          fl.http.reset();
-                                          if (config_.sessionCheckPath.empty()) complete(key, fl.outcome);
-                                          else startSessionCheck(key);
-                                        });
-  f.http->start();
+  std::string request = HttpClient::buildRequest(config_.exchangeMethod, config_.exchangePath,
+                                                 f.target.hostHeader, headers, body);
+  askBackend(key, std::move(request), [this, key](HttpClientResult& r) {
+    auto it = flights_.find(key);
+    if (it == flights_.end()) return;
+    Flight& fl = *it->second;
+    if (!r.ok) {
+      spdlog::warn(LogLine("mint_exchange").kv("os_user", fl.target.osUser).kv("error", r.error).str());
+      complete(key, MintOutcome{false, 502, "mint_failed", "exchange_failed"});
+      return;
+    }
+    if (r.status / 100 != 2) {
+      spdlog::warn(LogLine("mint_exchange").kv("os_user", fl.target.osUser).kv("status", r.status).str());
+      complete(key, MintOutcome{false, 502, "mint_failed", "exchange_status"});
+      return;
+    }
+    MintOutcome ok{true, 200, "", ""};
+    bool found = false;
+    for (const auto& h : r.headers) {
+      if (!http::iequals(h.name, "set-cookie")) continue;
+      auto sc = parseSetCookie(h.value);
+      if (sc && sc->name == config_.cookieName && !sc->value.empty() && validCookieValue(sc->value)) {
+        ok.cookieValue = sc->value;
+        ok.cookieExpires = sc->expires;
+        ok.cookieMaxAge = sc->maxAge;
+        found = true;
+      }
+    }
+    if (!found) {
+      complete(key, MintOutcome{false, 502, "mint_failed", "no_cookie"});
+      return;
+    }
+    fl.outcome = ok;
+    fl.http.reset();
+    if (config_.sessionCheckPath.empty())
+      complete(key, fl.outcome);
+    else
+      startSessionCheck(key);
+  });
 }
 
 void MintService::startSessionCheck(const std::string& key) {
@@ -331,21 +328,28 @@ void MintService::startSessionCheck(const std::string& key) {
   std::string request = HttpClient::buildRequest(
       "GET", config_.sessionCheckPath, f.target.hostHeader,
       {"Accept: application/json", "Cookie: " + config_.cookieName + "=" + f.outcome.cookieValue}, "");
-  auto remaining = config_.timeout - std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - f.started);
+  askBackend(key, std::move(request), [this, key](HttpClientResult& r) {
+    auto it = flights_.find(key);
+    if (it == flights_.end()) return;
+    if (!r.ok || r.status / 100 != 2) {
+      complete(key, MintOutcome{false, 502, "mint_failed", "session_check_failed"});
+      return;
+    }
+    complete(key, it->second->outcome);
+  });
+}
+
+// One request to the user's backend within what is left of the mint's time.
+void MintService::askBackend(const std::string& key, std::string request, HttpClient::Done done) {
+  Flight& f = *flights_[key];
+  auto remaining =
+      config_.timeout - std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - f.started);
   if (remaining.count() <= 0) {
     complete(key, MintOutcome{false, 502, "mint_failed", "timeout"});
     return;
   }
-  f.http = std::make_unique<HttpClient>(base_, f.target.backend, std::move(request), remaining,
-                                        [this, key](HttpClientResult& r) {
-                                          auto it = flights_.find(key);
-                                          if (it == flights_.end()) return;
-                                          if (!r.ok || r.status / 100 != 2) {
-                                            complete(key, MintOutcome{false, 502, "mint_failed", "session_check_failed"});
-                                            return;
-                                          }
-                                          complete(key, it->second->outcome);
-                                        });
+  f.http =
+      std::make_unique<HttpClient>(base_, f.target.backend, std::move(request), remaining, std::move(done));
   f.http->start();
 }
 

@@ -93,6 +93,7 @@ private:
   void onCommandDone(const std::string& key, struct ChildResult& result);
   void startExchange(const std::string& key);
   void startSessionCheck(const std::string& key);
+  void askBackend(const std::string& key, std::string request, std::function<void(struct HttpClientResult&)> done);
   void complete(const std::string& key, MintOutcome outcome);
   std::vector<std::string> expandCommand(const MintTarget& target) const;
   std::string exchangeBody(const std::string& credential) const;
