@@ -12,6 +12,9 @@ size_t readMore(bufferevent* bev, size_t limit) {
   int fd = bufferevent_getfd(bev);
   if (fd < 0) return 0;
   size_t total = 0;
+  // A socket bufferevent keeps the end of its input frozen outside its own
+  // read (bufferevent_sock.c unfreezes around evbuffer_read); do the same.
+  evbuffer_unfreeze(in, 0);
   while (evbuffer_get_length(in) < limit) {
     size_t want = std::min<size_t>(limit - evbuffer_get_length(in), 64 * 1024);
     evbuffer_iovec v[2];
@@ -34,6 +37,7 @@ size_t readMore(bufferevent* bev, size_t limit) {
     total += static_cast<size_t>(r);
     if (static_cast<size_t>(r) < want) break;  // drained for now
   }
+  evbuffer_freeze(in, 0);
   return total;
 }
 
