@@ -10,7 +10,10 @@ namespace usher::net {
 size_t readMore(bufferevent* bev, size_t limit) {
   evbuffer* in = bufferevent_get_input(bev);
   int fd = bufferevent_getfd(bev);
-  if (fd < 0) return 0;
+  // libevent reads min(FIONREAD, 4096): less than a full 4 KiB in the buffer
+  // means the socket was drained, and a read now would only say EAGAIN (an
+  // extra syscall per small WebSocket message).
+  if (fd < 0 || evbuffer_get_length(in) < 4096) return 0;
   size_t total = 0;
   // A socket bufferevent keeps the end of its input frozen outside its own
   // read (bufferevent_sock.c unfreezes around evbuffer_read); do the same.

@@ -11,7 +11,7 @@ namespace usher::net {
 // compile-time 4096; 2.2 made it configurable). For bulk transfers that costs
 // a syscall and an epoll round per 4 KiB. This tops the bufferevent's input
 // up from its socket in reads of up to 64 KiB while the input holds less than
-// `limit` bytes. EOF and errors are left for libevent's own read to report:
+// `limit` bytes, when libevent's own read came back full (4 KiB). EOF and errors are left for libevent's own read to report:
 // the socket stays readable, so the next event delivers them. Returns bytes
 // read.
 size_t readMore(bufferevent* bev, size_t limit);
