@@ -5,6 +5,7 @@
 // first problem.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <set>
@@ -69,6 +70,26 @@ bool applyIni(std::string_view text, const std::string& source, const ConfigSche
   }
   if (lines) *lines = std::move(seen);
   return errors.size() == before;
+}
+
+// Setters for keys both programs read from the shared [users] section.
+template <class Config>
+KeySetter<Config> absolutePathKey(std::string Config::*field) {
+  return [=](Config& c, std::string_view v) -> std::string {
+    if (v.empty() || v.front() != '/') return "expected an absolute path";
+    c.*field = std::string(v);
+    return "";
+  };
+}
+
+template <class Config>
+KeySetter<Config> minUidKey(uint32_t Config::*field) {
+  return [=](Config& c, std::string_view v) -> std::string {
+    auto n = parseUnsigned(v);
+    if (!n || *n == 0 || *n > 0xfffffffeULL) return "expected a uid greater than 0";
+    c.*field = static_cast<uint32_t>(*n);
+    return "";
+  };
 }
 
 // Reads `path` and hands its text to `parse(text, source, config, errors)`;

@@ -60,13 +60,6 @@ Setter boolean(bool Config::*field) {
   };
 }
 
-Setter path(std::string Config::*field) {
-  return [=](Config& c, std::string_view v) -> std::string {
-    if (v.empty() || v.front() != '/') return "expected an absolute path";
-    c.*field = std::string(v);
-    return "";
-  };
-}
 
 Setter mintBool(bool MintConfig::*field) {
   return [=](Config& c, std::string_view v) -> std::string {
@@ -172,15 +165,9 @@ const ConfigSchema<Config>& schema() {
        }},
       {"users",
        {
-           {"map_file", path(&Config::mapFile)},
-           {"state_file", path(&Config::stateFile)},
-           {"min_uid",
-            [](Config& c, std::string_view v) -> std::string {
-              auto n = parseUnsigned(v);
-              if (!n || *n == 0 || *n > 0xfffffffeULL) return "expected a uid greater than 0";
-              c.minUid = static_cast<uint32_t>(*n);
-              return "";
-            }},
+           {"map_file", absolutePathKey(&Config::mapFile)},
+           {"state_file", absolutePathKey(&Config::stateFile)},
+           {"min_uid", minUidKey(&Config::minUid)},
            {"verify_os_users", boolean(&Config::verifyOsUsers)},
            {"reload_debounce", duration(&Config::reloadDebounce, true)},
        }},

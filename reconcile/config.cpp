@@ -24,13 +24,6 @@ namespace {
 // One setter per key: returns "" on success, else what is wrong with the value.
 using Setter = KeySetter<Config>;
 
-Setter path(std::string Config::*field) {
-  return [=](Config& c, std::string_view v) -> std::string {
-    if (v.empty() || v.front() != '/') return "expected an absolute path";
-    c.*field = std::string(v);
-    return "";
-  };
-}
 
 Setter ignored() {
   return [](Config&, std::string_view) -> std::string { return ""; };
@@ -51,15 +44,9 @@ const ConfigSchema<Config>& schema() {
   static const ConfigSchema<Config> s = {
       {"users",
        {
-           {"map_file", path(&Config::mapFile)},
-           {"state_file", path(&Config::stateFile)},
-           {"min_uid",
-            [](Config& c, std::string_view v) -> std::string {
-              auto n = parseUnsigned(v);
-              if (!n || *n == 0 || *n > 0xfffffffeULL) return "expected a uid greater than 0";
-              c.minUid = static_cast<uint32_t>(*n);
-              return "";
-            }},
+           {"map_file", absolutePathKey(&Config::mapFile)},
+           {"state_file", absolutePathKey(&Config::stateFile)},
+           {"min_uid", minUidKey(&Config::minUid)},
            // usher-dispatch's keys: it validates them; reconcile always
            // verifies OS users and does not watch files.
            {"verify_os_users", ignored()},
@@ -79,7 +66,7 @@ const ConfigSchema<Config>& schema() {
               c.portLast = static_cast<uint16_t>(*last);
               return "";
             }},
-           {"env_dir", path(&Config::envDir)},
+           {"env_dir", absolutePathKey(&Config::envDir)},
            {"unit_template",
             [](Config& c, std::string_view v) -> std::string {
               std::string_view prefix = v;
@@ -101,7 +88,7 @@ const ConfigSchema<Config>& schema() {
               c.backendAddress = std::move(text);
               return "";
             }},
-           {"lock_file", path(&Config::lockFile)},
+           {"lock_file", absolutePathKey(&Config::lockFile)},
            {"port_reservation",
             [](Config& c, std::string_view v) -> std::string {
               auto d = parseDuration(v);
