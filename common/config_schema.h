@@ -33,6 +33,15 @@ template <class Config>
 using KeySetter = std::function<std::string(Config&, std::string_view)>;
 template <class Config>
 using ConfigSchema = std::map<std::string, std::map<std::string, KeySetter<Config>>>;
+// A family of sections sharing a prefix, such as [vm.gpu] and [vm.default]:
+// the handler gets the rest of the section name ("gpu"), the key, the value
+// and the line, and returns "" or what is wrong ("unknown key" included).
+template <class Config>
+using SectionFamilyHandler =
+    std::function<std::string(Config&, std::string_view name, std::string_view key, std::string_view value, int line)>;
+template <class Config>
+using SectionFamilies = std::map<std::string, SectionFamilyHandler<Config>>;  // prefix -> handler
+
 // Where each key was set: {section, key} -> line.
 using KeyLines = std::map<std::pair<std::string, std::string>, int>;
 
@@ -44,11 +53,31 @@ std::vector<IniEntry> readIniEntries(std::string_view text, const std::string& s
 template <class Config>
 bool applyIni(std::string_view text, const std::string& source, const ConfigSchema<Config>& schema,
               const std::set<std::string>& foreignSections, Config& config, std::vector<ConfigError>& errors,
-              KeyLines* lines = nullptr) {
+              KeyLines* lines = nullptr, const SectionFamilies<Config>* families = nullptr) {
   size_t before = errors.size();
   KeyLines seen;
   for (const auto& e : readIniEntries(text, source, errors)) {
     if (foreignSections.count(e.section)) continue;
+    const SectionFamilyHandler<Config>* family = nullptr;
+    std::string_view familyName;
+    if (families) {
+      for (const auto& [prefix, handler] : *families) {
+        if (e.section.size() > prefix.size() && e.section.compare(0, prefix.size(), prefix) == 0) {
+          family = &handler;
+          familyName = std::string_view(e.section).substr(prefix.size());
+        }
+      }
+    }
+    if (family) {
+      auto [it, fresh] = seen.emplace(std::make_pair(e.section, e.key), e.line);
+      if (!fresh) {
+        errors.push_back({source, e.line, e.section, e.key, "set twice (first on line " + std::to_string(it->second) + ")"});
+        continue;
+      }
+      std::string problem = (*family)(config, familyName, e.key, trim(e.value), e.line);
+      if (!problem.empty()) errors.push_back({source, e.line, e.section, e.key, problem});
+      continue;
+    }
     auto sec = schema.find(e.section);
     if (sec == schema.end()) {
       errors.push_back({source, e.line, e.section, e.key,

@@ -1,5 +1,7 @@
 #include "common/usermap.h"
 
+#include <algorithm>
+
 #include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -60,6 +62,7 @@ struct ParsedLine {
   std::string_view os;
   BackendKind backend = BackendKind::Unit;
   bool shared = false;
+  std::string vmProfile;
 };
 
 // Syntax and name patterns of one non-comment line: nullopt and `why` set
@@ -96,6 +99,7 @@ std::optional<ParsedLine> parseLine(std::string_view line, std::string& why) {
 
   bool seenBackend = false;
   bool seenShared = false;
+  bool seenProfile = false;
   for (size_t i = 1; i < tokens.size(); ++i) {
     std::string_view attr = tokens[i];
     size_t aeq = attr.find('=');
@@ -105,9 +109,12 @@ std::optional<ParsedLine> parseLine(std::string_view line, std::string& why) {
     }
     std::string_view key = attr.substr(0, aeq);
     std::string_view value = attr.substr(aeq + 1);
-    bool* seen = key == "backend" ? &seenBackend : key == "shared" ? &seenShared : nullptr;
+    bool* seen = key == "backend"      ? &seenBackend
+                 : key == "shared"     ? &seenShared
+                 : key == "vm_profile" ? &seenProfile
+                                       : nullptr;
     if (seen == nullptr) {
-      why = "unknown attribute " + printable(key) + " (known: backend, shared)";
+      why = "unknown attribute " + printable(key) + " (known: backend, shared, vm_profile)";
       return std::nullopt;
     }
     if (*seen) {
@@ -122,6 +129,12 @@ std::optional<ParsedLine> parseLine(std::string_view line, std::string& why) {
         return std::nullopt;
       }
       out.backend = *kind;
+    } else if (key == "vm_profile") {
+      if (!validVmProfileName(value)) {
+        why = "invalid vm_profile " + printable(value) + " (1-32 of a-z 0-9 _ -)";
+        return std::nullopt;
+      }
+      out.vmProfile = std::string(value);
     } else if (value == "yes" || value == "no") {
       out.shared = value == "yes";
     } else {
@@ -129,10 +142,22 @@ std::optional<ParsedLine> parseLine(std::string_view line, std::string& why) {
       return std::nullopt;
     }
   }
+  if (seenProfile && out.backend != BackendKind::Vm) {
+    why = "vm_profile needs backend=vm";
+    return std::nullopt;
+  }
+  if (out.backend == BackendKind::Vm && out.vmProfile.empty()) out.vmProfile = "default";
   return out;
 }
 
 }  // namespace
+
+bool validVmProfileName(std::string_view name) {
+  if (name.empty() || name.size() > 32) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+  });
+}
 
 std::string_view toString(BackendKind kind) {
   switch (kind) {
@@ -243,6 +268,11 @@ UserMap UserMap::parse(std::string_view text, const UserMapOptions& options,
              std::string(toString(parsed->backend)));
         continue;
       }
+      if (parsed->vmProfile != first.vmProfile) {
+        fail("OS user " + printable(os) + " has vm_profile=" + first.vmProfile + " on line " +
+             std::to_string(first.line) + ", not vm_profile=" + parsed->vmProfile);
+        continue;
+      }
     }
     if (options.lookup) {
       auto info = options.lookup(os);
@@ -265,7 +295,7 @@ UserMap UserMap::parse(std::string_view text, const UserMapOptions& options,
     byOs.try_emplace(os, map.entries_.size());
     map.bySso_.emplace(sso, map.entries_.size());
     map.entries_.push_back(MapEntry{std::move(sso), std::move(os), parsed->backend,
-                                    parsed->shared, lineNo});
+                                    parsed->shared, lineNo, std::move(parsed->vmProfile)});
   }
   return map;
 }

@@ -4,6 +4,7 @@
 //   alice=alice
 //   emil.barzin=emo   backend=vm
 //   ops-bot=alice     shared=yes
+//   dave=dave         backend=vm vm_profile=gpu
 //
 // One `sso_name=os_user` per line, then optional `key=value` attributes after
 // whitespace. A bad line is reported with its number and skipped; it never
@@ -33,6 +34,7 @@ struct MapEntry {
   BackendKind backend = BackendKind::Unit;
   bool shared = false;  // explicitly allowed to share osUser with another line
   int line = 0;
+  std::string vmProfile;  // backend=vm: the [vm.NAME] profile ("default" unless named)
 };
 
 struct MapError {
@@ -59,6 +61,8 @@ struct UserMapOptions {
 
 // SSO names: 1..128 of [A-Za-z0-9._@+-], starting with a letter or digit.
 bool validSsoName(std::string_view name);
+// VM profile names ([vm.NAME] sections, vm_profile=): 1..32 of [a-z0-9_-].
+bool validVmProfileName(std::string_view name);
 // OS user names: 1..32 of [a-z0-9_-], starting with [a-z_] (Debian's NAME_REGEX).
 bool validOsUser(std::string_view name);
 

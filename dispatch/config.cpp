@@ -364,7 +364,9 @@ bool parseConfig(std::string_view text, const std::string& sourceName, Config& c
   size_t before = errors.size();
   KeyLines lines;
   // One file configures the whole host; usher-reconcile checks its own section.
-  applyIni(text, sourceName, schema(), {"reconcile"}, config, errors, &lines);
+  static const auto families = vmProfileFamilies(&Config::vm);
+  applyIni(text, sourceName, schema(), {"reconcile"}, config, errors, &lines, &families);
+  checkVmProfiles(config.vm, sourceName, errors);
   if (!config.adminListen.empty()) {
     auto admin = net::parseAddress(config.adminListen);
     for (const auto& l : config.listen)

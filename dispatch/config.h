@@ -9,6 +9,7 @@
 
 #include "common/cidr.h"
 #include "common/config_schema.h"
+#include "common/vm_profile.h"
 
 namespace usher::dispatch {
 
@@ -92,6 +93,9 @@ struct Config {
 
   // [mint]
   MintConfig mint;
+
+  // [vm.NAME] profiles (shared with usher-reconcile): how VM users are minted
+  VmProfiles vm;
 };
 
 using usher::ConfigError;

@@ -110,6 +110,13 @@ const ConfigSchema<Config>& schema() {
               c.lockWait = *d;
               return "";
             }},
+           {"vm_parallel",
+            [](Config& c, std::string_view v) -> std::string {
+              auto n = parseUnsigned(v);
+              if (!n || *n == 0 || *n > 256) return "expected 1-256";
+              c.vmParallel = static_cast<unsigned>(*n);
+              return "";
+            }},
            {"log_level",
             [](Config& c, std::string_view v) -> std::string {
               static const char* kLevels[] = {"trace", "debug", "info", "warn",
@@ -135,9 +142,12 @@ const std::set<std::string> kDispatchSections = {"server", "limits", "timeouts",
 
 bool parseConfig(std::string_view text, const std::string& sourceName, Config& config,
                  std::vector<ConfigError>& errors) {
-  bool ok = applyIni(text, sourceName, schema(), kDispatchSections, config, errors);
+  size_t before = errors.size();
+  static const auto families = vmProfileFamilies(&Config::vm);
+  applyIni(text, sourceName, schema(), kDispatchSections, config, errors, nullptr, &families);
+  checkVmProfiles(config.vm, sourceName, errors);
   config.sourcePath = sourceName;
-  return ok;
+  return errors.size() == before;
 }
 
 bool loadConfig(const std::string& path, Config& config, std::vector<ConfigError>& errors) {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/config_schema.h"
+#include "common/vm_profile.h"
 
 namespace usher::reconcile {
 
@@ -37,6 +38,10 @@ struct Config {
   milliseconds jobTimeout{30'000};
   milliseconds lockWait{600'000};  // 0: do not wait, exit 2 at once
   std::string logLevel = "info";
+  unsigned vmParallel = 4;  // provider calls at once
+
+  // [vm.NAME] profiles (shared with usher-dispatch)
+  VmProfiles vm;
 
   // "t3-serve@alice.service"
   std::string unitFor(std::string_view osUser) const;

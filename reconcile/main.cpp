@@ -17,6 +17,7 @@ void usage(FILE* f) {
   std::fputs(
       "usage: usher-reconcile [--config FILE] [--dry-run] [--json] [--no-wait]\n"
       "                       [--bus-address ADDRESS] [--check-config]\n"
+      "       usher-reconcile --purge OS_USER [--vm-profile NAME] [--config FILE] [--json]\n"
       "\n"
       "Turns the user map into running per-user t3-serve@<user> instances: sticky\n"
       "ports from a range (existing T3_PORT= env files adopted), env files and the\n"
@@ -33,6 +34,11 @@ void usage(FILE* f) {
       "                           the system bus (also $USHER_SYSTEMD_BUS), e.g.\n"
       "                           unix:path=/run/dbus/system_bus_socket\n"
       "      --check-config       validate the configuration and exit (0 valid, 2 not)\n"
+      "      --purge OS_USER      destroy the VM of a user who is no longer mapped,\n"
+      "                           deleting its persistent data volume too (the only\n"
+      "                           way data is ever deleted); refused while mapped\n"
+      "      --vm-profile NAME    the profile of that VM (default: as recorded in the\n"
+      "                           state file, else \"default\")\n"
       "  -h, --help               this text\n"
       "  -V, --version            print the version\n"
       "\n"
@@ -49,7 +55,7 @@ void usage(FILE* f) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  enum { kNoWait = 256, kBusAddress, kCheckConfig };
+  enum { kNoWait = 256, kBusAddress, kCheckConfig, kPurge, kVmProfile };
   static const option kOptions[] = {
       {"config", required_argument, nullptr, 'c'},
       {"dry-run", no_argument, nullptr, 'n'},
@@ -57,6 +63,8 @@ int main(int argc, char** argv) {
       {"no-wait", no_argument, nullptr, kNoWait},
       {"bus-address", required_argument, nullptr, kBusAddress},
       {"check-config", no_argument, nullptr, kCheckConfig},
+      {"purge", required_argument, nullptr, kPurge},
+      {"vm-profile", required_argument, nullptr, kVmProfile},
       {"help", no_argument, nullptr, 'h'},
       {"version", no_argument, nullptr, 'V'},
       {nullptr, 0, nullptr, 0},
@@ -66,6 +74,8 @@ int main(int argc, char** argv) {
   Options options;
   bool json = false;
   bool checkOnly = false;
+  std::string purgeUser;
+  std::string purgeProfile;
   if (const char* bus = std::getenv("USHER_SYSTEMD_BUS"); bus != nullptr) options.busAddress = bus;
   int opt;
   while ((opt = getopt_long(argc, argv, "c:njhV", kOptions, nullptr)) != -1) {
@@ -76,6 +86,8 @@ int main(int argc, char** argv) {
       case kNoWait: options.noWait = true; break;
       case kBusAddress: options.busAddress = optarg; break;
       case kCheckConfig: checkOnly = true; break;
+      case kPurge: purgeUser = optarg; break;
+      case kVmProfile: purgeProfile = optarg; break;
       case 'h': usage(stdout); return kExitOk;
       case 'V': std::printf("usher-reconcile %s\n", USHER_VERSION); return kExitOk;
       default: usage(stderr); return kExitCannotRun;
@@ -102,6 +114,19 @@ int main(int argc, char** argv) {
     return kExitOk;
   }
   usher::setupLogging(config.logLevel);
+
+  if (!purgeUser.empty()) {
+    nlohmann::ordered_json doc;
+    int code = purge(config, options, systemEnvironment(config, options), purgeUser, purgeProfile, doc);
+    if (json) {
+      std::printf("%s\n", doc.dump(2).c_str());
+    } else {
+      std::string status = doc.value("status", "");
+      std::printf("%s purge %s (%s)%s\n", status.c_str(), purgeUser.c_str(), doc.value("vm", "").c_str(),
+                  doc.contains("error") ? (": " + doc["error"].get<std::string>()).c_str() : "");
+    }
+    return code;
+  }
 
   Report report = run(config, options, systemEnvironment(config, options));
   if (json) {

@@ -70,7 +70,7 @@ std::vector<MappedUser> mappedUnitUsers(const UserMap& map, std::vector<SkippedU
     if (allMapped) allMapped->insert(e.osUser);
     if (e.backend != BackendKind::Unit) {
       if (skipped && vmSeen.insert(e.osUser).second) {
-        skipped->push_back({e.osUser, "backend=vm is provisioned by the VM provider, not here"});
+        skipped->push_back({e.osUser, "backend=vm: provisioned by its VM provider (see \"vms\")"});
       }
       continue;
     }

@@ -207,6 +207,26 @@ int finish(Report& report, steady_clock::time_point t0, int code) {
 
 namespace {
 
+// The manager of a run with no unit to look at: nothing is asked, nothing done.
+class NoUnitsManager final : public SystemdManager {
+public:
+  std::optional<UnitStatusMap> observe(const ObserveRequest&, std::string&) override { return UnitStatusMap{}; }
+
+protected:
+  bool doReload(std::string&) override { return true; }
+  bool doEnableUnitFiles(const std::vector<std::string>&, bool& changed, std::string&) override {
+    changed = false;
+    return true;
+  }
+  bool doDisableUnitFiles(const std::vector<std::string>&, bool& changed, std::string&) override {
+    changed = false;
+    return true;
+  }
+  std::vector<JobOutcome> doRunJobs(const std::vector<JobRequest>& jobs, std::chrono::milliseconds) override {
+    return std::vector<JobOutcome>(jobs.size(), JobOutcome{false, "no systemd connection"});
+  }
+};
+
 // getpwnam for every mapped user reads the whole passwd file each time:
 // quadratic in the number of users. One enumeration up front answers them
 // all; names it did not list (NSS sources that do not enumerate, such as
@@ -240,6 +260,7 @@ Environment systemEnvironment(const Config& config, const Options& options) {
   env.lookup = enumeratingOsUserLookup();
   env.busy = listenerProbe(config.backendAddress);
   std::string address = options.busAddress;
+  env.providers = processProviderRunner();
   env.connect = [address](std::string& error) -> std::unique_ptr<SystemdManager> {
     return SdBusManager::connect(address, error);
   };
@@ -350,11 +371,14 @@ Report run(const Config& config, const Options& options, const Environment& env)
   // systemd: status of every unit concerned; a daemon reload first when
   // unit files changed on disk (and only then).
   std::string error;
-  std::unique_ptr<SystemdManager> systemd = env.connect(error);
-  if (!systemd) return cannotRun(error);
   ObserveRequest request;
   request.units = unitsToObserve(config, *map, state, envOnlyUsers);
   request.fileStateToo = unitsOfUnmappedUsers(config, *map, state, envOnlyUsers);
+  // A host with only VM users (or none) has nothing to ask systemd: it need
+  // not even run one (a hypervisor-only host, or a test machine).
+  std::unique_ptr<SystemdManager> systemd =
+      request.units.empty() && request.fileStateToo.empty() ? std::make_unique<NoUnitsManager>() : env.connect(error);
+  if (!systemd) return cannotRun(error);
   // A run writes the state file before env files, so an env file newer than
   // the state file was written (by a run that may have been killed before
   // restarting, or by hand) after the last completed state change: only
@@ -400,7 +424,9 @@ Report run(const Config& config, const Options& options, const Environment& env)
     }
     for (size_t i = 0; i < plan.removals.size(); ++i) report.removals[i] = Outcome{"planned", ""};
     report.mutatingCalls = systemd->mutatingCalls();
-    bool partial = !report.mapErrors.empty() || plan.failedCount() > 0;
+    State vmState = plan.newState;
+    report.vm = reconcileVms(config, *map, state, vmState, true, env.providers);
+    bool partial = !report.mapErrors.empty() || plan.failedCount() > 0 || report.vm.failures() > 0;
     finish(report, t0, partial ? kExitPartial : kExitOk);
     return report;
   }
@@ -542,8 +568,31 @@ Report run(const Config& config, const Options& options, const Environment& env)
                      .kv("error", std::strerror(errno)).str());
   }
 
+  // VMs, after the units: a slow hypervisor never delays anyone's instance.
+  // The state file is written again when a VM's address was recorded or a
+  // removed user's VM entry dropped.
+  {
+    State vmState = plan.newState;
+    report.vm = reconcileVms(config, *map, state, vmState, false, env.providers);
+    State before = plan.newState;
+    before.generatedAt.clear();
+    if (vmState.toJson() != before.toJson()) {
+      vmState.generatedAt = formatUtc(now);
+      std::string werr;
+      if (!makeDirs(dirOf(config.stateFile), werr) ||
+          !writeFileAtomically(config.stateFile, vmState.toJson().dump(2) + "\n", 0644, werr)) {
+        spdlog::error(LogLine("state_write_failed").kv("file", config.stateFile).kv("error", werr).str());
+        report.errors.push_back(werr);
+      } else {
+        report.stateWritten = true;
+      }
+      plan.newState = std::move(vmState);
+      plan.stateChanged = true;
+    }
+  }
+
   size_t changed = 0;
-  size_t failures = 0;
+  size_t failures = report.vm.failures();
   for (size_t i = 0; i < plan.users.size(); ++i) {
     const UserPlan& u = plan.users[i];
     Outcome& o = report.users[i];
@@ -689,6 +738,32 @@ nlohmann::ordered_json toJson(const Report& report, const Config& config) {
   doc["reserved"] = std::move(reserved);
   doc["expired"] = std::move(expired);
   doc["skipped"] = std::move(skipped);
+  json vmUsers = json::array();
+  for (const auto& u : report.vm.users) {
+    json j = {{"os_user", u.osUser}, {"sso_names", u.ssoNames}, {"line", u.line},
+              {"profile", u.profile}, {"vm", u.vmName}, {"verb", u.verb},
+              {"status", u.status}};
+    if (!u.address.empty()) {
+      j["address"] = u.address;
+      j["port"] = u.port;
+      j["created"] = u.created;
+      j["started"] = u.started;
+    }
+    if (!u.observed.empty()) j["observed_state"] = u.observed;
+    if (!u.verb.empty()) j["provider_ms"] = u.ms;
+    if (!u.reason.empty()) j["reason"] = u.reason;
+    if (!u.error.empty()) j["error"] = u.error;
+    vmUsers.push_back(std::move(j));
+  }
+  json vmRemoved = json::array();
+  for (const auto& r : report.vm.removals) {
+    json j = {{"os_user", r.osUser}, {"profile", r.profile}, {"vm", r.vmName},
+              {"action", r.verb},    {"status", r.status},   {"data_kept", r.dataKept}};
+    if (!r.reason.empty()) j["reason"] = r.reason;
+    if (!r.error.empty()) j["error"] = r.error;
+    vmRemoved.push_back(std::move(j));
+  }
+  doc["vms"] = {{"users", std::move(vmUsers)}, {"removed", std::move(vmRemoved)}};
   doc["state_file"] = {{"changed", stateChanged}, {"written", report.stateWritten}};
   doc["env_files_written"] = report.envFilesWritten;
   // daemon_reload: done (or, in a dry run, due) because unit files changed on
@@ -735,11 +810,104 @@ std::string toText(const Report& report) {
     if (!o.error.empty()) out += ": " + o.error;
     out += "\n";
   }
+  for (const auto& u : report.vm.users) {
+    if (u.status == "unchanged") continue;
+    out += u.status + " vm " + u.osUser + " (" + u.vmName + ", profile " + u.profile + ")";
+    if (!u.address.empty()) out += " at " + u.address + ":" + std::to_string(u.port);
+    if (u.created) out += " created";
+    else if (u.started) out += " started";
+    if (!u.observed.empty()) out += " now " + u.observed;
+    if (!u.error.empty()) out += ": " + u.error;
+    out += "\n";
+  }
+  for (const auto& r : report.vm.removals) {
+    out += r.status + " removed vm " + r.osUser + " (" + r.vmName + ") " + r.verb;
+    if (r.status == "changed") out += r.dataKept ? ", data kept" : ", data deleted";
+    if (!r.error.empty()) out += ": " + r.error;
+    out += "\n";
+  }
   out += std::to_string(plan.users.size()) + " mapped, " + std::to_string(unchanged) +
          " unchanged, " + std::to_string(plan.removals.size()) + " removed, " +
          std::to_string(report.mutatingCalls) + " mutating systemd calls" +
+         (report.vm.users.empty() && report.vm.removals.empty()
+              ? std::string()
+              : ", " + std::to_string(report.vm.users.size()) + " VM users") +
          (report.dryRun ? " (dry run)" : "") + "\n";
   return out;
+}
+
+int purge(const Config& config, const Options& options, const Environment& env, const std::string& osUser,
+          const std::string& profileName, nlohmann::ordered_json& out) {
+  out = {{"usher_reconcile", 1}, {"purge", osUser}, {"vm", vmNameFor(osUser)}};
+  auto refuse = [&](int code, const std::string& why) {
+    out["status"] = "failed";
+    out["error"] = why;
+    spdlog::error(LogLine("purge_failed").kv("os_user", osUser).kv("error", why).str());
+    return code;
+  };
+  if (!validOsUser(osUser)) return refuse(kExitCannotRun, "invalid OS user name");
+  RunLock lock;
+  double waited = 0;
+  std::string error;
+  if (!options.dryRun &&
+      !lock.acquire(config.lockFile, options.noWait ? std::chrono::milliseconds(0) : config.lockWait, error, waited))
+    return refuse(kExitCannotRun, error);
+
+  // Never the VM of someone who is still mapped: the next run would make a
+  // new one, and their data would be gone without anyone asking for it.
+  std::vector<MapError> mapErrors;
+  UserMapOptions mapOptions;
+  mapOptions.minUid = config.minUid;
+  auto map = UserMap::load(config.mapFile, mapOptions, mapErrors);
+  if (!map) return refuse(kExitCannotRun, "cannot read the map " + config.mapFile + ": purge needs to know who is mapped");
+  for (const auto& e : map->entries())
+    if (e.osUser == osUser)
+      return refuse(kExitCannotRun, osUser + " is still mapped (" + config.mapFile + " line " + std::to_string(e.line) +
+                                        "): remove the line and reconcile first");
+
+  std::vector<std::string> problems;
+  std::optional<State> state;
+  struct stat st{};
+  if (::stat(config.stateFile.c_str(), &st) == 0) {
+    state = State::load(config.stateFile, problems);
+    if (!state) return refuse(kExitCannotRun, "state file " + config.stateFile + " unusable");
+  }
+  std::string name = profileName;
+  if (name.empty() && state) {
+    if (const Backend* b = state->find(osUser); b && b->vm.is_object() && b->vm.value("profile", "") != "")
+      name = b->vm.value("profile", "");
+  }
+  if (name.empty()) name = "default";
+  auto p = config.vm.find(name);
+  if (p == config.vm.end()) return refuse(kExitCannotRun, "no [vm." + name + "] profile in the configuration");
+  out["profile"] = name;
+  if (options.dryRun) {
+    out["status"] = "planned";
+    return kExitOk;
+  }
+
+  auto replies = env.providers({ProviderCall{osUser, "destroy", &p->second, true}}, 1);
+  const ProviderReply& r = replies.at(0);
+  if (!r.ok) {
+    out["reason"] = r.reason;
+    return refuse(kExitPartial, r.message);
+  }
+  if (r.reply.value("state", "") != "absent") {
+    out["reason"] = "provider_reply";
+    return refuse(kExitPartial, "provider answered destroy without state \"absent\"");
+  }
+  out["status"] = "changed";
+  out["data_kept"] = r.reply.value("data_kept", false);
+  if (state && state->find(osUser) && state->find(osUser)->kind == BackendKind::Vm) {
+    state->erase(osUser);
+    state->generatedAt = formatUtc(env.now());
+    std::string werr;
+    if (!writeFileAtomically(config.stateFile, state->toJson().dump(2) + "\n", 0644, werr))
+      return refuse(kExitPartial, "VM destroyed, but the state file could not be written: " + werr);
+  }
+  spdlog::info(LogLine("vm_purged").kv("os_user", osUser).kv("vm", vmNameFor(osUser)).kv("profile", name)
+                   .kv("data_kept", out["data_kept"].get<bool>()).str());
+  return kExitOk;
 }
 
 }  // namespace usher::reconcile

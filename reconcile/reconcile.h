@@ -18,6 +18,7 @@
 #include "reconcile/plan.h"
 #include "reconcile/ports.h"
 #include "reconcile/systemd.h"
+#include "reconcile/vm.h"
 
 namespace usher::reconcile {
 
@@ -37,6 +38,7 @@ struct Environment {
   PortBusy busy;
   std::function<std::unique_ptr<SystemdManager>(std::string& error)> connect;
   std::function<Clock::time_point()> now;
+  ProviderRunner providers;  // VM providers (docs/vm-provider.md)
 };
 
 // getpwnam, bind() probes on backend_address, sd-bus to systemd.
@@ -65,6 +67,7 @@ struct Report {
   std::optional<Plan> plan;
   std::vector<Outcome> users;     // parallel to plan->users
   std::vector<Outcome> removals;  // parallel to plan->removals
+  VmReport vm;
   bool reloaded = false;
   bool stateWritten = false;
   size_t envFilesWritten = 0;
@@ -72,6 +75,14 @@ struct Report {
 };
 
 Report run(const Config& config, const Options& options, const Environment& env);
+
+// usher-reconcile --purge USER [--vm-profile NAME]: destroys the VM of a user
+// who is no longer mapped, its persistent data volume included, and drops
+// the user's VM entry from the state file. Refused (exit 2) while the user is
+// still mapped. Returns the exit code; `out` gets the provider's reply and
+// what was done, as the --json document.
+int purge(const Config& config, const Options& options, const Environment& env, const std::string& osUser,
+          const std::string& profileName, nlohmann::ordered_json& out);
 
 // The --json document (README, "usher-reconcile").
 nlohmann::ordered_json toJson(const Report& report, const Config& config);

@@ -357,7 +357,7 @@ void ClientConnection::handleRequest() {
   sessionBound_ = injected_ = remintTried_ = remintPending_ = resignBind_ = clearBind_ = false;
   browserAppCookie_.clear();
   if (!routeRequest()) return;
-  if (server_.mint()) {
+  if (minting_) {
     if (!originAllowed()) return;
     if (!sessionReady()) return;  // a mint is under way; onMintDone continues
   }
@@ -469,7 +469,11 @@ void ClientConnection::startMint(const std::string& failedCookie) {
   target.osUser = osUser_;
   target.backend = backendAddr_;
   target.hostHeader = backendKey_;
-  for (const auto& a : server_.config().mint.command) {
+  if (vmProfile_) {
+    target.command = {vmProfile_->provider, "mint"};
+    target.input = providerRequest("mint", osUser_, *vmProfile_).dump() + "\n";
+  }
+  for (const auto& a : vmProfile_ ? std::vector<std::string>{} : server_.config().mint.command) {
     if (a.find("{home}") != std::string::npos) {
       auto info = systemOsUserLookup()(osUser_);
       if (info) target.home = info->home;
@@ -543,6 +547,28 @@ bool ClientConnection::routeRequest() {
   }
   backendAddr_ = *addr;
   backendKey_ = addr->str();
+  // A VM's app is signed in to through its profile: the provider's `mint`
+  // verb, or not at all (mint = none). The profile is the one the VM was
+  // made with (state file), else the map's.
+  minting_ = server_.mint() != nullptr;
+  vmProfile_.reset();
+  if (route.backend->kind == BackendKind::Vm) {
+    std::string name = route.entry->vmProfile.empty() ? "default" : route.entry->vmProfile;
+    const auto& facts = route.backend->vm;
+    if (facts.is_object() && facts.contains("profile") && facts["profile"].is_string())
+      name = facts["profile"].get<std::string>();
+    auto p = cfg.vm.find(name);
+    if (p == cfg.vm.end()) {
+      if (minting_) {
+        refuse(502, "mint_failed", "no_vm_profile", body);
+        return false;
+      }
+    } else if (p->second.mint == VmProfile::Mint::None) {
+      minting_ = false;
+    } else {
+      vmProfile_ = p->second;
+    }
+  }
   return true;
 }
 
@@ -633,7 +659,7 @@ bool ClientConnection::strippedCookie(std::string_view name) const {
 // minted for it.
 void ClientConnection::appendCookieHeader(std::string& out) {
   const auto& m = server_.config().mint;
-  bool minting = server_.mint() != nullptr;
+  bool minting = minting_;
   std::string cookies;
   bool appSent = false;
   for (const auto& hdr : request_.head().headers) {
@@ -662,7 +688,7 @@ void ClientConnection::appendCookieHeader(std::string& out) {
 // attributes and a fresh bind cookie; or a re-signed bind cookie after key
 // rotation; or the bind cookie's removal.
 void ClientConnection::appendSessionCookies(std::string& head) {
-  if (!server_.mint()) return;
+  if (!minting_) return;
   const auto& m = server_.config().mint;
   timeval tv;
   event_base_gettimeofday_cached(server_.base(), &tv);
@@ -958,7 +984,7 @@ bool ClientConnection::onResponseHead(http::ResponseHead& rh) {
   bool bodyless = rh.framing == http::ResponseFraming::None;
   // A response carrying a session cookie must never sit in a shared cache
   // (an edge CDN would hand one person's session to the next).
-  bool settingCookies = server_.mint() && (injected_ || resignBind_ || clearBind_);
+  bool settingCookies = minting_ && (injected_ || resignBind_ || clearBind_);
   if (settingCookies) head.append("Cache-Control: private, no-store\r\n");
   for (const auto& hdr : rh.headers) {
     const std::string& n = hdr.name;

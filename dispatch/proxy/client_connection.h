@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "dispatch/http/request_parser.h"
@@ -126,6 +127,8 @@ private:
   std::string sso_;
   std::string osUser_;
   std::string backendKey_;
+  bool minting_ = false;                // this request gets a session injected when it has none
+  std::optional<VmProfile> vmProfile_;  // a VM backend minted through its provider
   net::Address backendAddr_;
   std::string upstreamHead_;     // kept until the response starts, for one retry
   std::string method_;

@@ -88,8 +88,31 @@ void ChildProcess::start() {
     event_active(deferred_.get(), EV_TIMEOUT, 0);
     return;
   }
+  // stdin: /dev/null, or a pipe already holding the whole input (small, so it
+  // fits the pipe's buffer: no writing from the loop) and closed after it.
+  int inPipe[2] = {-1, -1};
+  if (!input_.empty()) {
+    bool ok = input_.size() <= kMaxInput && ::pipe2(inPipe, O_CLOEXEC) == 0;
+    int err = errno;
+    if (ok && ::write(inPipe[1], input_.data(), input_.size()) != static_cast<ssize_t>(input_.size())) {
+      ok = false;
+      err = errno;
+    }
+    if (inPipe[1] >= 0) ::close(inPipe[1]);
+    if (!ok) {
+      if (inPipe[0] >= 0) ::close(inPipe[0]);
+      for (int fd : {outPipe[0], outPipe[1], errPipe[0], errPipe[1]}) ::close(fd);
+      result_.outcome = ChildResult::Outcome::SpawnFailed;
+      result_.spawnErrno = input_.size() > kMaxInput ? E2BIG : err;
+      event_active(deferred_.get(), EV_TIMEOUT, 0);
+      return;
+    }
+  }
   SpawnSetup s;
-  posix_spawn_file_actions_addopen(&s.actions, 0, "/dev/null", O_RDONLY, 0);
+  if (inPipe[0] >= 0)
+    posix_spawn_file_actions_adddup2(&s.actions, inPipe[0], 0);
+  else
+    posix_spawn_file_actions_addopen(&s.actions, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_adddup2(&s.actions, outPipe[1], 1);
   posix_spawn_file_actions_adddup2(&s.actions, errPipe[1], 2);
   // Its own process group, so a timeout kills everything it started; default
@@ -116,6 +139,7 @@ void ChildProcess::start() {
   int rc = ::posix_spawn(&pid_, argv[0], &s.actions, &s.attr, argv.data(), envp.data());
   ::close(outPipe[1]);
   ::close(errPipe[1]);
+  if (inPipe[0] >= 0) ::close(inPipe[0]);
   if (rc != 0) {
     ::close(outPipe[0]);
     ::close(errPipe[0]);

@@ -1,5 +1,5 @@
 // Runs a command inside the event loop without blocking it: no shell, a
-// fixed minimal environment, stdin from /dev/null, its own process group
+// fixed minimal environment, stdin from /dev/null (or a short input), its own process group
 // (killed whole on timeout or when its output runs over the cap), stdout
 // captured up to a cap, stderr kept (truncated) for the log.
 #pragma once
@@ -38,6 +38,10 @@ public:
   ChildProcess(const ChildProcess&) = delete;
   ChildProcess& operator=(const ChildProcess&) = delete;
 
+  // What the command reads on stdin (at most kMaxInput bytes); default: /dev/null.
+  static constexpr size_t kMaxInput = 32 * 1024;
+  void setInput(std::string input) { input_ = std::move(input); }
+
   // Starts the command; `done` runs later from the loop, exactly once (also
   // when spawning fails).
   void start();
@@ -62,6 +66,7 @@ private:
 
   event_base* base_;
   std::vector<std::string> argv_;
+  std::string input_;
   std::chrono::milliseconds timeout_;
   size_t maxStdout_;
   Done done_;

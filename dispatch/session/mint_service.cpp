@@ -198,15 +198,17 @@ std::string MintService::redact(std::string text, const std::string& secret) con
 
 void MintService::startFlight(const std::string& key) {
   Flight& f = *flights_[key];
-  if (f.target.home.empty() && f.target.osUser.size() > 0) {
+  if (f.target.command.empty() && f.target.home.empty() && f.target.osUser.size() > 0) {
     for (const auto& a : config_.command)
       if (a.find("{home}") != std::string::npos) {
         complete(key, MintOutcome{false, 502, "mint_failed", "no_home"});
         return;
       }
   }
-  f.child = std::make_unique<ChildProcess>(base_, expandCommand(f.target), config_.timeout, config_.maxOutput,
+  f.child = std::make_unique<ChildProcess>(base_, f.target.command.empty() ? expandCommand(f.target) : f.target.command,
+                                           config_.timeout, config_.maxOutput,
                                            [this, key](ChildResult& r) { onCommandDone(key, r); });
+  if (!f.target.input.empty()) f.child->setInput(f.target.input);
   f.child->start();
 }
 

@@ -31,6 +31,10 @@ struct MintTarget {
   std::string home;        // for {home}
   net::Address backend;    // exchange goes here; {port}
   std::string hostHeader;  // Host for the exchange request
+  // A VM backend: the provider's `mint` verb replaces the configured command
+  // (argv as is, no placeholders), with the request on its stdin.
+  std::vector<std::string> command;
+  std::string input;
 };
 
 struct MintOutcome {

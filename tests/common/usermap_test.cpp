@@ -198,12 +198,18 @@ TEST_CASE("UserMap::parse: one error per bad line, with its line number and a cl
   SUBCASE("attributes") {
     checkOneError("alice=alice backend", 1, "attribute \"backend\" is not key=value");
     checkOneError("alice=alice colour=blue", 1,
-                  "unknown attribute \"colour\" (known: backend, shared)");
+                  "unknown attribute \"colour\" (known: backend, shared, vm_profile)");
     checkOneError("alice=alice Backend=vm", 1,
-                  "unknown attribute \"Backend\" (known: backend, shared)");
-    checkOneError("alice=alice =vm", 1, "unknown attribute \"\" (known: backend, shared)");
+                  "unknown attribute \"Backend\" (known: backend, shared, vm_profile)");
+    checkOneError("alice=alice =vm", 1, "unknown attribute \"\" (known: backend, shared, vm_profile)");
     checkOneError("alice=alice backend=vm backend=vm", 1, "repeated attribute \"backend\"");
     checkOneError("alice=alice shared=no shared=yes", 1, "repeated attribute \"shared\"");
+    checkOneError("alice=alice vm_profile=gpu", 1, "vm_profile needs backend=vm");
+    checkOneError("alice=alice backend=vm vm_profile=GPU", 1, "invalid vm_profile \"GPU\" (1-32 of a-z 0-9 _ -)");
+    checkOneError("alice=alice backend=vm vm_profile=", 1, "invalid vm_profile \"\" (1-32 of a-z 0-9 _ -)");
+    checkOneError("alice=alice backend=vm vm_profile=a vm_profile=b", 1, "repeated attribute \"vm_profile\"");
+    checkOneError("alice=alice backend=vm vm_profile=gpu\nbot=alice shared=yes backend=vm", 2,
+                  "OS user \"alice\" has vm_profile=gpu on line 1, not vm_profile=default");
     checkOneError("alice=alice backend=docker", 1,
                   "invalid backend \"docker\" (expected unit or vm)");
     checkOneError("alice=alice backend=", 1, "invalid backend \"\" (expected unit or vm)");
@@ -417,4 +423,12 @@ TEST_CASE("systemOsUserLookup") {
   auto p = parse("admin=root\n", options);
   REQUIRE(p.errors.size() == 1);
   CHECK(p.errors[0].message == "OS user \"root\" has uid 0; root is never a backend user");
+}
+
+TEST_CASE("UserMap::parse: backend=vm names its profile, \"default\" unless vm_profile= says") {
+  auto p = parse("carol=carol backend=vm\ndave=dave backend=vm vm_profile=gpu\nalice=alice\n");
+  REQUIRE(p.errors.empty());
+  CHECK(p.map.find("carol")->vmProfile == "default");
+  CHECK(p.map.find("dave")->vmProfile == "gpu");
+  CHECK(p.map.find("alice")->vmProfile.empty());
 }

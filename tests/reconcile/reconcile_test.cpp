@@ -226,7 +226,7 @@ TEST_CASE("run: --dry-run plans without touching anything; --json documents it")
   CHECK(keys == std::vector<std::string>{
                     "usher_reconcile", "dry_run", "exit_code", "started_at", "duration_ms",
                     "lock_wait_ms", "timings_ms", "config", "errors", "warnings", "map_errors",
-                    "users", "removed", "reserved", "expired", "skipped", "state_file",
+                    "users", "removed", "reserved", "expired", "skipped", "vms", "state_file",
                     "env_files_written", "systemd", "summary"});
   CHECK(j["dry_run"] == true);
   CHECK(j["config"]["port_range"] == "3773-3782");
