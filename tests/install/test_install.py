@@ -31,6 +31,11 @@ def test_install_puts_everything_in_place(host):
     assert st.st_size >= 32
     st = os.stat(h.path(WRAPPER))
     assert stat.S_IMODE(st.st_mode) == 0o755 and st.st_uid == 0 and st.st_gid == 0
+    # The VM provider, and its per-VM secrets readable by the dispatcher's group only.
+    st = os.stat(h.path("/usr/libexec/usher/usher-vm-libvirt"))
+    assert stat.S_IMODE(st.st_mode) == 0o755 and st.st_uid == 0
+    st = os.stat(h.path("/var/lib/usher/vm"))
+    assert stat.S_IMODE(st.st_mode) == 0o750 and st.st_uid == 0 and st.st_gid == int(h.exec("id", "-g", "usher").stdout.strip())
     st = os.stat(h.path("/etc/sudoers.d/usher-dispatch"))
     assert stat.S_IMODE(st.st_mode) == 0o440 and st.st_uid == 0
     # The operator's existing config is kept; the dispatcher runs as usher.
