@@ -443,8 +443,9 @@ Report run(const Config& config, const Options& options, const Environment& env)
   removeStaleTempFiles(dirOf(config.stateFile),
                        [&](std::string_view name) { return name.starts_with(stateTempPrefix); });
 
-  if (plan.stateChanged) {
-    State toWrite = plan.newState;
+  // The state file, atomically; a failure is a run-level error (the previous
+  // file stays as it was).
+  auto writeState = [&](State toWrite) {
     toWrite.generatedAt = formatUtc(now);
     std::string werr;
     if (!makeDirs(dirOf(config.stateFile), werr) ||
@@ -454,7 +455,8 @@ Report run(const Config& config, const Options& options, const Environment& env)
     } else {
       report.stateWritten = true;
     }
-  }
+  };
+  if (plan.stateChanged) writeState(plan.newState);
 
   bool wantEnvDir = std::any_of(plan.users.begin(), plan.users.end(),
                                 [](const UserPlan& u) { return u.envText.has_value(); });
@@ -577,15 +579,7 @@ Report run(const Config& config, const Options& options, const Environment& env)
     State before = plan.newState;
     before.generatedAt.clear();
     if (vmState.toJson() != before.toJson()) {
-      vmState.generatedAt = formatUtc(now);
-      std::string werr;
-      if (!makeDirs(dirOf(config.stateFile), werr) ||
-          !writeFileAtomically(config.stateFile, vmState.toJson().dump(2) + "\n", 0644, werr)) {
-        spdlog::error(LogLine("state_write_failed").kv("file", config.stateFile).kv("error", werr).str());
-        report.errors.push_back(werr);
-      } else {
-        report.stateWritten = true;
-      }
+      writeState(vmState);
       plan.newState = std::move(vmState);
       plan.stateChanged = true;
     }

@@ -26,13 +26,8 @@ VOLUMES = (NAME + "-root.qcow2", NAME + "-data.qcow2", NAME + "-seed.iso")
 
 
 @pytest.fixture(scope="module")
-def env():
-    try:
-        e = vmenv.setup()
-    except vmenv.Unavailable as ex:
-        pytest.skip(str(ex))
-    yield e
-    e.conn.close()
+def env(vm_env):
+    return vm_env  # conftest.py: vmenv.setup(), skipped with the reason where it cannot be
 
 
 def request(addr, method, path, body=None, headers=None):
