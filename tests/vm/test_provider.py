@@ -52,12 +52,20 @@ class Result:
             self.code, self.seconds, self.stdout, self.stderr)
 
 
-def run_raw(argv_verb, data, timeout=120, secrets=()):
-    """Runs the provider with `data` (bytes) on stdin, checks the contract's output shape."""
+def run_raw(argv_verb, data, timeout=120, secrets=(), as_ids=None):
+    """Runs the provider with `data` (bytes) on stdin, checks the contract's output shape.
+    as_ids: (uid, gid) to run it as (no supplementary groups)."""
+
+    def drop():
+        os.setgroups([])
+        os.setgid(as_ids[1])
+        os.setuid(as_ids[0])
+
     t0 = time.monotonic()
     p = subprocess.run([PROVIDER] + argv_verb, input=data, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, timeout=timeout, start_new_session=True,
-                       env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
+                       env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
+                       preexec_fn=drop if as_ids else None)
     seconds = time.monotonic() - t0
     out, err = p.stdout.decode(), p.stderr.decode()
     r = Result(p.returncode, None, out, err, seconds)
@@ -100,15 +108,16 @@ class Vm:
         try:
             with open(self.secret_path()) as f:
                 return f.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
 
     def secret_path(self):
         return os.path.join(self.state_dir, self.name + ".secret")
 
-    def call(self, verb, expect=0, timeout=150, **extra):
+    def call(self, verb, expect=0, timeout=150, as_ids=None, **extra):
         known = [s for s in (self.secret(),) if s]
-        r = run_raw([verb], json.dumps(self.request(verb, **extra)).encode(), timeout, known)
+        r = run_raw([verb], json.dumps(self.request(verb, **extra)).encode(), timeout, known,
+                    as_ids)
         known += [s for s in (self.secret(),) if s and s not in known]
         for s in known:
             assert s not in r.stdout and s not in r.stderr, "the secret leaked into the output"
@@ -287,6 +296,17 @@ def test_mint_is_the_documented_hmac(env, state_root):
 
 # --- failures before anything is made --------------------------------------------------------
 
+def test_unusable_state_dir_is_state_dir(env, state_root):
+    under_a_file = os.path.join(state_root, "file")
+    with open(under_a_file, "w"):
+        pass
+    vm = Vm(env, "usher-tpstate", os.path.join(under_a_file, "vm"))
+    for verb in ("ensure", "stop", "destroy"):
+        r = vm.call(verb, expect=1)
+        assert r.reply["error"] == "state_dir" and under_a_file in r.reply["message"], r
+    assert not vm.exists()
+
+
 def test_missing_base_image_is_base_image_and_leaves_nothing(env, state_root):
     vm = Vm(env, "usher-tpnobase", os.path.join(state_root, "nobase"),
             base_image="usher-tp-no-such-base.qcow2")
@@ -354,7 +374,7 @@ def test_a_domain_usher_did_not_make_is_left_alone(env, state_root):
     try:
         vm = Vm(env, name, os.path.join(state_root, "foreign"))
         for verb in ("ensure", "status", "stop", "destroy"):
-            r = vm.call(verb, expect=1, purge=True) if verb == "destroy" else vm.call(verb, expect=1)
+            r = vm.call(verb, expect=1, **({"purge": True} if verb == "destroy" else {}))
             assert r.reply["error"] == "not_ours", r
         assert vm.exists()
     finally:
@@ -390,6 +410,12 @@ def test_state_dir_and_secret_file(main_vm):
     assert st.st_gid == os.stat(vm.state_dir).st_gid == _group()
     leftovers = [f for f in os.listdir(vm.state_dir) if f.startswith(".")]
     assert leftovers == [], leftovers
+    # the dispatcher (another user in the state dir's group) can mint; other users cannot
+    nobody = 65534
+    assert vm.call("mint", as_ids=(nobody, _group())).reply["credential"].startswith("usher1.")
+    other = next(g for g in (1, 2, 3, 4) if g != _group())
+    r = vm.call("mint", expect=1, as_ids=(nobody, other))
+    assert r.reply["error"] == "no_secret" and "ermission denied" in r.reply["message"], r
     xml = vm.domain_xml()
     assert secret not in xml
     assert "https://usher.invalid/vm/1" in xml and "os_user=\"%s\"" % vm.os_user in xml
@@ -586,4 +612,79 @@ def test_no_address_before_the_deadline(env, state_root, bare_bridge):
     r = vm.call("destroy")  # nothing to keep: forced off at once
     assert r.reply == {"name": vm.name, "state": "absent", "data_kept": False}, r
     assert r.seconds < 10, r
+    assert not vm.exists() and vm.volumes() == []
+
+
+# --- a remote hypervisor: qemu+ssh:// ---------------------------------------------------------
+
+@pytest.fixture
+def ssh_uri(state_root):
+    """qemu+ssh://root@127.0.0.1:PORT/system through an sshd of our own (a key for root, the
+    host key in a known_hosts file of our own: nothing of the host's ssh setup is used or
+    changed). Skips where Debian's openssh-server is not installed."""
+    for tool in ("/usr/sbin/sshd", "ssh", "ssh-keygen"):
+        if not shutil.which(tool):
+            pytest.skip("%s not found (Debian: openssh-server, openssh-client)" % tool)
+    d = tempfile.mkdtemp(prefix="usher-vm-ssh.", dir=state_root)
+    os.chmod(d, 0o700)
+    for key in ("host", "id"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "usher-tp",
+                        "-f", os.path.join(d, key)], check=True)
+    shutil.copy(os.path.join(d, "id.pub"), os.path.join(d, "authorized_keys"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with open(os.path.join(d, "host.pub")) as f:
+        host_key = " ".join(f.read().split()[:2])
+    with open(os.path.join(d, "known_hosts"), "w") as f:
+        f.write("[127.0.0.1]:%d %s\n" % (port, host_key))
+    with open(os.path.join(d, "sshd_config"), "w") as f:
+        f.write("Port %d\nListenAddress 127.0.0.1\nHostKey %s/host\nPidFile %s/sshd.pid\n"
+                "AuthorizedKeysFile %s/authorized_keys\nPermitRootLogin prohibit-password\n"
+                "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+                "StrictModes no\n" % (port, d, d, d))
+    # what an operator puts in root's ~/.ssh/config, here in a wrapper given as command=
+    wrapper = os.path.join(d, "ssh")
+    with open(wrapper, "w") as f:
+        f.write("#!/bin/sh\nexec ssh -F none -o UserKnownHostsFile=%s/known_hosts "
+                "-o ConnectTimeout=5 \"$@\"\n" % d)
+    os.chmod(wrapper, 0o755)
+    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation dir
+    sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", os.path.join(d, "sshd_config")],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=open(os.path.join(d, "sshd.log"), "w"))
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if sshd.poll() is not None or time.monotonic() > deadline:
+                with open(os.path.join(d, "sshd.log")) as f:
+                    pytest.fail("sshd did not start: %s" % f.read())
+            time.sleep(0.05)
+        yield "qemu+ssh://root@127.0.0.1:%d/system?keyfile=%s/id&command=%s" % (port, d, wrapper)
+    finally:
+        sshd.terminate()
+        sshd.wait(10)
+
+
+def test_remote_hypervisor_over_ssh(env, state_root, ssh_uri):
+    vm = Vm(env, "usher-tpssh", os.path.join(state_root, "ssh"), uri=ssh_uri)
+    r = vm.call("ensure")
+    timed("ensure over ssh (cold)", r.seconds)
+    assert r.reply["created"] is True and r.reply["started"] is True, r
+    root = app_root(r.reply, name=vm.name)
+    assert root["vm"] == vm.name and root["data_marker_created"]
+    r = vm.call("ensure")
+    timed("ensure over ssh (warm)", r.seconds)
+    assert r.reply["created"] is False and r.reply["started"] is False, r
+    assert vm.call("status").reply["state"] == "running"
+    cred = vm.call("mint").reply["credential"]
+    code, _, body = http("POST", "http://%s:8080/api/auth/bootstrap" % r.reply["address"],
+                         json.dumps({"credential": cred}).encode())
+    assert code == 200, body
+    r = vm.call("destroy", purge=True)
+    timed("destroy over ssh (purge)", r.seconds)
+    assert r.reply == {"name": vm.name, "state": "absent", "data_kept": False}, r
     assert not vm.exists() and vm.volumes() == []
