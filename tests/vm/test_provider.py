@@ -424,6 +424,18 @@ def test_state_dir_and_secret_file(main_vm):
 
 def test_ensure_of_a_running_vm_is_fast_and_changes_nothing(main_vm):
     vm = main_vm
+    # what a killed run leaves (a seed build dir, a secret's temporary file) is removed; the
+    # files of another VM whose name only begins like this one's are not
+    sd = vm.state_dir
+    os.mkdir(os.path.join(sd, ".%s.seed~x1" % vm.name), 0o700)
+    others = [".%s.x.secret~x3" % vm.name, "%s.x.secret" % vm.name]  # VM usher-tpmain.x
+    for f in [".%s.secret~x2" % vm.name] + others:
+        open(os.path.join(sd, f), "w").close()
+    vm.call("ensure")
+    assert sorted(f for f in os.listdir(sd) if vm.name in f) == sorted(
+        [vm.name + ".lock", vm.name + ".secret"] + others)
+    for f in others:
+        os.unlink(os.path.join(sd, f))
     for _ in range(3):
         r = vm.call("ensure")
         timed("ensure (warm: running)", r.seconds)
