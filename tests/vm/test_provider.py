@@ -293,18 +293,21 @@ def test_mint_is_the_documented_hmac(offline, state_root):
     r = vm.call("mint")
     after = int(time.time())
     assert set(r.reply) == {"credential"}, r
-    tag, t, mac = r.reply["credential"].split(".")
+    tag, t, nonce, mac = r.reply["credential"].split(".")
     assert tag == "usher1" and before <= int(t) <= after, r
-    want = hmac.new(secret.encode(), ("usher1.%s.%s" % (t, vm.name)).encode(),
+    assert len(nonce) == 32 and int(nonce, 16) >= 0
+    want = hmac.new(secret.encode(), ("usher1.%s.%s.%s" % (t, nonce, vm.name)).encode(),
                     hashlib.sha256).hexdigest()
     assert mac == want
-    assert r.reply["credential"] == vmenv.credential(secret, vm.name, int(t))
+    assert r.reply["credential"] == vmenv.credential(secret, vm.name, int(t), nonce)
+    # two in the same second differ (a guest refusing replays takes both)
+    assert len({vm.call("mint").reply["credential"] for _ in range(3)}) == 3
     # a trailing newline (an operator's editor) is not part of the key
     with open(vm.secret_path(), "w") as f:
         f.write(secret + "\n")
     r = vm.call("mint")
-    t = r.reply["credential"].split(".")[1]
-    assert r.reply["credential"] == vmenv.credential(secret, vm.name, int(t))
+    _, t, nonce, _ = r.reply["credential"].split(".")
+    assert r.reply["credential"] == vmenv.credential(secret, vm.name, int(t), nonce)
     # and a file that holds no secret is none
     with open(vm.secret_path(), "w") as f:
         f.write("not a secret\n")

@@ -53,7 +53,7 @@ serial_log(name)    the guest's serial console (its whole boot: kernel, /init, g
                     diagnostics(name) both, trimmed, for a failure message.
 wait_for_address(conn, name, timeout)  the guest's IPv4 from the network's DHCP leases.
 wait_http(url, timeout)               until GET url answers 200; returns the body.
-credential(secret, name, t=None)      usher1.<t>.<hex HMAC-SHA256(secret text, usher1.<t>.<name>)>
+credential(secret, name, t=None)      usher1.<t>.<nonce>.<hex HMAC-SHA256(secret text, usher1.<t>.<nonce>.<name>)>
 seed_iso(name, os_user, port, secret, hostname=None)  a NoCloud seed (bytes), as the provider
                     makes one: label cidata, user-data writing /etc/usher/vm.json (b64).
 upload_volume(pool, name, data)       a raw volume holding data (stream upload, API only).
@@ -180,6 +180,23 @@ def _start_daemon(argv):
                    stderr=subprocess.DEVNULL, start_new_session=True, timeout=30, check=False)
 
 
+def _kvm_device_as_udev_leaves_it():
+    """/dev/kvm as Debian's udev rules leave it (group kvm, 0660). A machine without udev
+    (containers, CI sandboxes) has it root:root 0600: libvirtd (root) then probes KVM as
+    usable, qemu (libvirt-qemu) cannot open it, and libvirtd throws its capabilities away
+    and probes again on nearly every call ("KVM was enabled when probing, but it is not
+    available now"): 4-20 s per call, a define once took 61 s."""
+    import grp
+    try:
+        st = os.stat("/dev/kvm")
+        kvm = grp.getgrnam("kvm").gr_gid
+    except (FileNotFoundError, KeyError):
+        return
+    if st.st_gid != kvm or st.st_mode & 0o060 != 0o060:
+        os.chown("/dev/kvm", -1, kvm)
+        os.chmod("/dev/kvm", 0o660)
+
+
 def ensure_libvirtd(uri=URI, timeout=60):
     """Makes sure `virsh -c uri version` works, starting virtlogd and libvirtd if their sockets
     do not answer (root only). Raises Unavailable with the reason when that cannot be."""
@@ -189,6 +206,8 @@ def ensure_libvirtd(uri=URI, timeout=60):
         if not shutil.which(tool):
             raise Unavailable("%s not found (Debian: libvirt-clients, qemu-utils, genisoimage)"
                               % tool)
+    if os.geteuid() == 0:
+        _kvm_device_as_udev_leaves_it()
     ok, out = _virsh_version(uri)
     if ok:
         return
@@ -435,13 +454,14 @@ def build_guest(cache_dir=None, boot_dir=BOOT_DIR):
                  bzimage=bzimage, build_dir=cache_dir)
 
 
-def credential(secret, name, t=None):
-    """The credential the provider's `mint` makes: usher1.<t>.<hex HMAC-SHA256(key = the
-    secret's hex text, message = "usher1.<t>.<name>")>."""
+def credential(secret, name, t=None, nonce=None):
+    """The credential the provider's `mint` makes: usher1.<t>.<nonce>.<hex HMAC-SHA256(key =
+    the secret's hex text, message = "usher1.<t>.<nonce>.<name>")>, nonce 32 hex digits."""
     t = int(time.time()) if t is None else int(t)
-    msg = "usher1.%d.%s" % (t, name)
-    return "usher1.%d.%s" % (t, hmac.new(secret.encode(), msg.encode(),
-                                          hashlib.sha256).hexdigest())
+    nonce = os.urandom(16).hex() if nonce is None else nonce
+    msg = "usher1.%d.%s.%s" % (t, nonce, name)
+    return "usher1.%d.%s.%s" % (t, nonce, hmac.new(secret.encode(), msg.encode(),
+                                                    hashlib.sha256).hexdigest())
 
 
 def seed_iso(name, os_user, port, secret, hostname=None):

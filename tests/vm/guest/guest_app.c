@@ -6,8 +6,8 @@
  *
  *   POST /api/auth/bootstrap  body {"credential": "..."} (Content-Type application/json,
  *        exactly that one field, a non-empty string), else 400 "Invalid bootstrap payload.".
- *        The credential is usher1.<unix seconds>.<hex HMAC-SHA256(key = the secret's 64-char
- *        hex text, message = "usher1.<unix seconds>.<vm name>")>. Accepted when the HMAC
+ *        The credential is usher1.<unix seconds>.<nonce: 32 hex>.<hex HMAC-SHA256(key = the
+ *        secret's 64-char hex text, message = "usher1.<unix seconds>.<nonce>.<vm name>")>. Accepted when the HMAC
  *        matches, |now - t| <= 120 s and it was not accepted before: 200 {"ok":true} with
  *        Set-Cookie: t3_session=<32 random hex>; Path=/; HttpOnly; SameSite=Lax.
  *        Otherwise 401 {"error": "..."}.
@@ -553,13 +553,17 @@ static const char *credential_check(const char *cred, size_t n, time_t now) {
   te = i;
   if (te == ts || i >= n || cred[i] != '.') return "malformed credential (time)";
   i++;
+  size_t ns = i;
+  while (i < n && i - ns < 32 && hexval(cred[i]) >= 0) i++;
+  if (i - ns != 32 || i >= n || cred[i] != '.') return "malformed credential (nonce)";
+  i++;
   if (n - i != 64) return "malformed credential (signature)";
   for (int k = 0; k < 32; k++) {
     int hi = hexval(cred[i + 2 * k]), lo = hexval(cred[i + 2 * k + 1]);
     if (hi < 0 || lo < 0) return "malformed credential (signature)";
     mac[k] = (uint8_t)(hi << 4 | lo);
   }
-  int ml = snprintf(msg, sizeof msg, "usher1.%.*s.%s", (int)(te - ts), cred + ts, cfg.name);
+  int ml = snprintf(msg, sizeof msg, "usher1.%.*s.%.32s.%s", (int)(te - ts), cred + ts, cred + ns, cfg.name);
   if (ml < 0 || (size_t)ml >= sizeof msg) return "malformed credential";
   hmac_sha256(cfg.secret, strlen(cfg.secret), msg, (size_t)ml, want);
   if (ct_diff(mac, want, 32)) return "bad signature";
@@ -1080,10 +1084,11 @@ static int selftest(void) {
            "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff");
   time_t now = 1700000000;
   char msg[320], cred[160];
-  snprintf(msg, sizeof msg, "usher1.%lld.%s", (long long)now - 5, cfg.name);
+  static const char nonce[] = "0123456789abcdef0123456789abcdef";
+  snprintf(msg, sizeof msg, "usher1.%lld.%s.%s", (long long)now - 5, nonce, cfg.name);
   hmac_sha256(cfg.secret, 64, msg, strlen(msg), mac);
   to_hex(mac, 32, hex);
-  snprintf(cred, sizeof cred, "usher1.%lld.%s", (long long)now - 5, hex);
+  snprintf(cred, sizeof cred, "usher1.%lld.%s.%s", (long long)now - 5, nonce, hex);
   CHECK(credential_check(cred, strlen(cred), now) == NULL, "credential accepted");
   CHECK(credential_check(cred, strlen(cred), now) != NULL, "replay refused");
   CHECK(credential_check(cred, strlen(cred), now + 200) != NULL, "expired refused");
