@@ -156,15 +156,7 @@ def app_root(reply, timeout=30, name=None):
 # --- fixtures ------------------------------------------------------------------------------
 
 def cleanup(conn, prefix=PREFIX):
-    """vmenv.cleanup, again while the pool is busy with another's upload (its refresh fails
-    then: "has asynchronous jobs running")."""
-    for attempt in range(50):
-        try:
-            return vmenv.cleanup(conn, prefix=prefix)
-        except Exception as e:  # libvirtError, or RuntimeError naming one
-            if "asynchronous jobs" not in str(e) or attempt == 49:
-                raise
-            time.sleep(0.2)
+    return vmenv.cleanup(conn, prefix=prefix)  # waits out another's upload itself
 
 
 @pytest.fixture(scope="module")

@@ -689,7 +689,16 @@ def cleanup(conn, prefix=TEST_PREFIX, pool_name=POOL, keep=(BASE_IMAGE,)):
     except libvirt.libvirtError:
         pool = None
     if pool is not None and pool.isActive():
-        pool.refresh(0)
+        # A refresh fails while another volume of the pool is being uploaded ("has
+        # asynchronous jobs running"): wait that out.
+        for attempt in range(50):
+            try:
+                pool.refresh(0)
+                break
+            except libvirt.libvirtError as e:
+                if "asynchronous jobs" not in str(e) or attempt == 49:
+                    raise
+                time.sleep(0.2)
         for vol in pool.listAllVolumes(0):
             name = vol.name()
             if not name.startswith(prefix) or name in keep:
