@@ -376,6 +376,13 @@ def test_bus_address_from_the_host_and_exit_codes(sandbox, tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["users"] == []
     env = dict(os.environ, USHER_SYSTEMD_BUS="unix:path=/nonexistent/bus")
+    # Nothing to ask systemd (no unit user mapped or recorded): it is not even asked.
+    r = subprocess.run([sb.binary, "--config", str(conf), "--dry-run", "--json"],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # A unit instance recorded in the state file must be looked at: systemd is needed.
+    (tmp_path / "state.json").write_text(json.dumps({"version": 1, "users": {"ghost": {
+        "kind": "unit", "address": "127.0.0.1", "port": 3999, "unit": "t3-serve@ghost.service"}}}))
     r = subprocess.run([sb.binary, "--config", str(conf), "--dry-run", "--json"],
                        capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 2
