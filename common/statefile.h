@@ -7,8 +7,10 @@
 //   "users": {
 //     "alice": {"kind": "unit", "address": "127.0.0.1", "port": 3773,
 //               "unit": "t3-serve@alice.service"},
-//     "carol": {"kind": "vm", "address": "192.168.122.10", "port": 3773,
-//               "vm": {"name": "usher-carol", "provider": "libvirt"}}
+//     "carol": {"kind": "vm", "address": "192.168.122.10", "port": 8080,
+//               "vm": {"name": "usher-carol", "profile": "default",
+//                      "provider": "/usr/libexec/usher/usher-vm-libvirt",
+//                      "uri": "qemu:///system"}}
 //   },
 //   "reserved": {
 //     "bob": {"port": 3774, "since": "2026-11-20T09:00:00Z"}
