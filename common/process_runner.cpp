@@ -33,7 +33,7 @@ struct Running {
   int waitStatus = 0;
   std::optional<ProcessResult::Outcome> forced;  // timeout or output cap
   Clock::time_point started;
-  Clock::time_point deadline;          // SIGTERM at this point
+  Clock::time_point deadline;               // SIGTERM at this point
   std::optional<Clock::time_point> killAt;  // SIGKILL at this point
   std::optional<Clock::time_point> exitedAt;
 };
@@ -43,7 +43,9 @@ void closeFd(int& fd) {
   fd = -1;
 }
 
-void setNonBlocking(int fd) { ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK); }
+void setNonBlocking(int fd) {
+  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+}
 
 // Starts spec; on failure fills result and returns nullopt.
 std::optional<Running> spawnOne(const ProcessSpec& spec, size_t index, ProcessResult& result) {
@@ -79,8 +81,8 @@ std::optional<Running> spawnOne(const ProcessSpec& spec, size_t index, ProcessRe
   std::vector<char*> argv;
   for (const auto& a : spec.argv) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
-  static const char* kEnv[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8",
-                               nullptr};
+  static const char* kEnv[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                               "LANG=C.UTF-8", nullptr};
   pid_t pid = -1;
   int rc = ::posix_spawn(&pid, argv[0], &actions, &attr, argv.data(), const_cast<char**>(kEnv));
   posix_spawn_file_actions_destroy(&actions);
@@ -118,7 +120,8 @@ std::vector<ProcessResult> runProcesses(const std::vector<ProcessSpec>& specs, u
   size_t next = 0;
   parallel = std::max(1u, parallel);
   // A write to a provider that closed its stdin must not kill us.
-  struct sigaction ignore {}, previous {};
+  struct sigaction ignore {
+  }, previous{};
   ignore.sa_handler = SIG_IGN;
   ::sigaction(SIGPIPE, &ignore, &previous);
 
@@ -153,7 +156,8 @@ std::vector<ProcessResult> runProcesses(const std::vector<ProcessSpec>& specs, u
         owners.emplace_back(i, &r.pidfd);
       }
       auto until = [&](Clock::time_point t) {
-        wait = std::min(wait, std::max(milliseconds(0), std::chrono::duration_cast<milliseconds>(t - now) + milliseconds(1)));
+        wait = std::min(wait, std::max(milliseconds(0),
+                                       std::chrono::duration_cast<milliseconds>(t - now) + milliseconds(1)));
       };
       if (!r.forced) until(r.deadline);
       if (r.killAt) until(*r.killAt);
@@ -252,11 +256,11 @@ std::vector<ProcessResult> runProcesses(const std::vector<ProcessSpec>& specs, u
 
 std::string describe(const ProcessResult& r, const ProcessSpec& spec) {
   switch (r.outcome) {
-    case ProcessResult::Outcome::Exited: return "exited with status " + std::to_string(r.exitStatus);
+    case ProcessResult::Outcome::Exited:
+      return "exited with status " + std::to_string(r.exitStatus);
     case ProcessResult::Outcome::Signaled:
       return "killed by signal " + std::to_string(r.signal) + " (" + ::strsignal(r.signal) + ")";
-    case ProcessResult::Outcome::Timeout:
-    {
+    case ProcessResult::Outcome::Timeout: {
       char secs[32];
       std::snprintf(secs, sizeof secs, "%g", static_cast<double>(spec.timeout.count()) / 1000.0);
       return "timed out after " + std::string(secs) + "s (killed)";

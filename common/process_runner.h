@@ -21,7 +21,13 @@ struct ProcessSpec {
 };
 
 struct ProcessResult {
-  enum class Outcome { Exited, Signaled, Timeout, OutputTooLarge, SpawnFailed } outcome = Outcome::SpawnFailed;
+  enum class Outcome {
+    Exited,
+    Signaled,
+    Timeout,
+    OutputTooLarge,
+    SpawnFailed
+  } outcome = Outcome::SpawnFailed;
   int exitStatus = 0;  // Exited
   int signal = 0;      // Signaled
   int spawnErrno = 0;  // SpawnFailed

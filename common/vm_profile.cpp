@@ -40,16 +40,19 @@ std::string applyVmProfileKey(VmProfiles& profiles, std::string_view name, std::
   }
   if (key == "provider") return absolutePath(value, p.provider, false);
   if (key == "uri") {
-    if (value.empty() || value.find("://") == std::string_view::npos) return "expected a URI such as qemu:///system";
+    if (value.empty() || value.find("://") == std::string_view::npos)
+      return "expected a URI such as qemu:///system";
     for (char c : value)
-      if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) return "a URI has no spaces or control characters";
+      if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f)
+        return "a URI has no spaces or control characters";
     p.uri = std::string(value);
     return "";
   }
   auto word = [&](std::string& out, bool allowEmpty) -> std::string {
     if (value.empty() && !allowEmpty) return "must not be empty";
     for (char c : value)
-      if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f || c == '/') return "expected a name without spaces or '/'";
+      if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f || c == '/')
+        return "expected a name without spaces or '/'";
     out = std::string(value);
     return "";
   };
@@ -58,7 +61,8 @@ std::string applyVmProfileKey(VmProfiles& profiles, std::string_view name, std::
   if (key == "network") {
     if (value.empty()) return "must not be empty";
     for (char c : value)
-      if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f || c == '/') return "expected a network name or bridge:NAME";
+      if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f || c == '/')
+        return "expected a network name or bridge:NAME";
     p.network = std::string(value);
     return "";
   }
@@ -110,9 +114,12 @@ std::string applyVmProfileKey(VmProfiles& profiles, std::string_view name, std::
     return "";
   }
   if (key == "on_remove") {
-    if (value == "stop") p.onRemove = VmProfile::OnRemove::Stop;
-    else if (value == "destroy") p.onRemove = VmProfile::OnRemove::Destroy;
-    else return "expected stop or destroy";
+    if (value == "stop")
+      p.onRemove = VmProfile::OnRemove::Stop;
+    else if (value == "destroy")
+      p.onRemove = VmProfile::OnRemove::Destroy;
+    else
+      return "expected stop or destroy";
     return "";
   }
   if (key == "timeout") {
@@ -122,36 +129,51 @@ std::string applyVmProfileKey(VmProfiles& profiles, std::string_view name, std::
     return "";
   }
   if (key == "mint") {
-    if (value == "provider") p.mint = VmProfile::Mint::Provider;
-    else if (value == "none") p.mint = VmProfile::Mint::None;
-    else return "expected provider or none";
+    if (value == "provider")
+      p.mint = VmProfile::Mint::Provider;
+    else if (value == "none")
+      p.mint = VmProfile::Mint::None;
+    else
+      return "expected provider or none";
     return "";
   }
   if (key == "state_dir") return absolutePath(value, p.stateDir, false);
   return "unknown key";
 }
 
-void checkVmProfiles(const VmProfiles& profiles, const std::string& source, std::vector<ConfigError>& errors) {
+void checkVmProfiles(const VmProfiles& profiles, const std::string& source,
+                     std::vector<ConfigError>& errors) {
   for (const auto& [name, p] : profiles) {
     if (p.baseImage.empty())
-      errors.push_back({source, p.line, "vm." + name, "base_image", "required (the base image volume in the pool)"});
+      errors.push_back(
+          {source, p.line, "vm." + name, "base_image", "required (the base image volume in the pool)"});
     if (p.kernel.empty() != p.initrd.empty())
       errors.push_back({source, p.line, "vm." + name, p.kernel.empty() ? "kernel" : "initrd",
                         "kernel and initrd are set together"});
   }
 }
 
-std::string vmNameFor(std::string_view osUser) { return "usher-" + std::string(osUser); }
+std::string vmNameFor(std::string_view osUser) {
+  return "usher-" + std::string(osUser);
+}
 
-nlohmann::json providerRequest(std::string_view verb, std::string_view osUser, const VmProfile& p, bool purge) {
+nlohmann::json providerRequest(std::string_view verb, std::string_view osUser, const VmProfile& p,
+                               bool purge) {
   nlohmann::json profile = {
-      {"name", p.name},           {"uri", p.uri},
-      {"pool", p.pool},           {"base_image", p.baseImage},
-      {"memory_mib", p.memoryMiB}, {"vcpus", p.vcpus},
-      {"disk_bytes", p.diskBytes}, {"data_disk_bytes", p.dataDiskBytes},
-      {"persistent", p.persistent}, {"network", p.network},
-      {"guest_port", p.guestPort}, {"state_dir", p.stateDir},
-      {"kernel", p.kernel},       {"initrd", p.initrd},
+      {"name", p.name},
+      {"uri", p.uri},
+      {"pool", p.pool},
+      {"base_image", p.baseImage},
+      {"memory_mib", p.memoryMiB},
+      {"vcpus", p.vcpus},
+      {"disk_bytes", p.diskBytes},
+      {"data_disk_bytes", p.dataDiskBytes},
+      {"persistent", p.persistent},
+      {"network", p.network},
+      {"guest_port", p.guestPort},
+      {"state_dir", p.stateDir},
+      {"kernel", p.kernel},
+      {"initrd", p.initrd},
       {"cmdline", p.cmdline},
   };
   nlohmann::json request = {

@@ -6,11 +6,10 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "common/config_schema.h"
 
@@ -53,9 +52,8 @@ std::string applyVmProfileKey(VmProfiles& profiles, std::string_view name, std::
 
 template <class Config>
 SectionFamilies<Config> vmProfileFamilies(VmProfiles Config::*field) {
-  return {{"vm.", [=](Config& c, std::string_view name, std::string_view key, std::string_view value, int line) {
-             return applyVmProfileKey(c.*field, name, key, value, line);
-           }}};
+  return {{"vm.", [=](Config& c, std::string_view name, std::string_view key, std::string_view value,
+                      int line) { return applyVmProfileKey(c.*field, name, key, value, line); }}};
 }
 
 // Checks that need a whole section (base_image is required). One error per

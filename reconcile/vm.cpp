@@ -1,13 +1,12 @@
 #include "reconcile/vm.h"
 
 #include <arpa/inet.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <map>
 #include <set>
 #include <unordered_map>
-
-#include <spdlog/spdlog.h>
 
 #include "common/logfmt.h"
 
@@ -69,7 +68,8 @@ ProviderReply judgeProviderResult(const ProcessResult& r, const ProcessSpec& spe
       out.reason = "provider_signal";
       out.message = "provider " + describe(r, spec);
       return out;
-    case O::Exited: break;
+    case O::Exited:
+      break;
   }
   nlohmann::json reply = nlohmann::json::parse(r.out, nullptr, false);
   bool isObject = !reply.is_discarded() && reply.is_object();
@@ -95,8 +95,9 @@ ProviderReply judgeProviderResult(const ProcessResult& r, const ProcessSpec& spe
   }
   if (!isObject) {
     out.reason = "provider_garbage";
-    out.message = r.out.empty() ? "provider printed nothing on stdout"
-                                : "provider printed something that is not one JSON object: \"" + tidy(r.out, 80) + "\"";
+    out.message = r.out.empty()
+                      ? "provider printed nothing on stdout"
+                      : "provider printed something that is not one JSON object: \"" + tidy(r.out, 80) + "\"";
     return out;
   }
   out.ok = true;
@@ -122,8 +123,11 @@ ProviderRunner processProviderRunner() {
       replies.push_back(judgeProviderResult(results[i], specs[i]));
       const ProviderReply& r = replies.back();
       if (!r.stderrText.empty()) {
-        spdlog::debug(LogLine("provider_stderr").kv("os_user", calls[i].osUser).kv("verb", calls[i].verb)
-                          .kv("text", r.stderrText).str());
+        spdlog::debug(LogLine("provider_stderr")
+                          .kv("os_user", calls[i].osUser)
+                          .kv("verb", calls[i].verb)
+                          .kv("text", r.stderrText)
+                          .str());
       }
     }
     return replies;
@@ -235,7 +239,8 @@ VmReport reconcileVms(const Config& config, const UserMap& map, const State& old
     calls.push_back({report.removals[i].osUser, report.removals[i].verb, removalProfile[i], false});
     owners.emplace_back(true, i);
   }
-  std::vector<ProviderReply> replies = calls.empty() ? std::vector<ProviderReply>{} : runner(calls, config.vmParallel);
+  std::vector<ProviderReply> replies =
+      calls.empty() ? std::vector<ProviderReply>{} : runner(calls, config.vmParallel);
 
   for (size_t k = 0; k < calls.size(); ++k) {
     auto [isRemoval, i] = owners[k];
@@ -283,7 +288,8 @@ VmReport reconcileVms(const Config& config, const UserMap& map, const State& old
       u.status = running && recorded ? "unchanged" : "planned";
       continue;
     }
-    bool addressOk = j.contains("address") && j["address"].is_string() && numericAddress(j["address"].get<std::string>());
+    bool addressOk =
+        j.contains("address") && j["address"].is_string() && numericAddress(j["address"].get<std::string>());
     bool portOk = j.contains("port") && j["port"].is_number_unsigned() && j["port"].get<uint64_t>() >= 1 &&
                   j["port"].get<uint64_t>() <= 65535;
     if (st != "running" || !addressOk || !portOk) {
@@ -305,27 +311,44 @@ VmReport reconcileVms(const Config& config, const UserMap& map, const State& old
     b.port = u.port;
     b.vm = vmFacts(p, u.osUser);
     const Backend* before = old.find(u.osUser);
-    bool same = before && before->kind == BackendKind::Vm && before->address == b.address && before->port == b.port &&
-                before->vm == b.vm;
+    bool same = before && before->kind == BackendKind::Vm && before->address == b.address &&
+                before->port == b.port && before->vm == b.vm;
     u.status = same && !u.created && !u.started ? "unchanged" : "changed";
     state.put(std::move(b));
   }
 
   for (const auto& u : report.users) {
     if (u.status == "failed") {
-      spdlog::warn(LogLine("vm_failed").kv("os_user", u.osUser).kv("vm", u.vmName).kv("profile", u.profile)
-                       .kv("reason", u.reason).kv("error", u.error).str());
+      spdlog::warn(LogLine("vm_failed")
+                       .kv("os_user", u.osUser)
+                       .kv("vm", u.vmName)
+                       .kv("profile", u.profile)
+                       .kv("reason", u.reason)
+                       .kv("error", u.error)
+                       .str());
     } else if (u.status == "changed") {
-      spdlog::info(LogLine("vm_ready").kv("os_user", u.osUser).kv("vm", u.vmName).kv("profile", u.profile)
-                       .kv("address", u.address).kv("port", static_cast<unsigned>(u.port))
-                       .kv("created", u.created).kv("started", u.started).kv("ms", u.ms).str());
+      spdlog::info(LogLine("vm_ready")
+                       .kv("os_user", u.osUser)
+                       .kv("vm", u.vmName)
+                       .kv("profile", u.profile)
+                       .kv("address", u.address)
+                       .kv("port", static_cast<unsigned>(u.port))
+                       .kv("created", u.created)
+                       .kv("started", u.started)
+                       .kv("ms", u.ms)
+                       .str());
     }
   }
   for (const auto& r : report.removals) {
     if (r.status == "planned") continue;
     spdlog::info(LogLine(r.status == "failed" ? "vm_removal_failed" : "vm_removed")
-                     .kv("os_user", r.osUser).kv("vm", r.vmName).kv("action", r.verb)
-                     .kv("data_kept", r.dataKept).kv("reason", r.reason).kv("error", r.error).str());
+                     .kv("os_user", r.osUser)
+                     .kv("vm", r.vmName)
+                     .kv("action", r.verb)
+                     .kv("data_kept", r.dataKept)
+                     .kv("reason", r.reason)
+                     .kv("error", r.error)
+                     .str());
   }
   return report;
 }

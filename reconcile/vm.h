@@ -9,10 +9,9 @@
 #pragma once
 
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "common/process_runner.h"
 #include "common/statefile.h"
@@ -43,7 +42,8 @@ struct ProviderReply {
 };
 
 // Runs calls, `parallel` at a time; one reply per call, in order.
-using ProviderRunner = std::function<std::vector<ProviderReply>(const std::vector<ProviderCall>&, unsigned parallel)>;
+using ProviderRunner =
+    std::function<std::vector<ProviderReply>(const std::vector<ProviderCall>&, unsigned parallel)>;
 ProviderRunner processProviderRunner();
 
 // Judges one finished provider process (exit code, stdout) by the contract.

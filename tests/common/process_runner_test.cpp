@@ -22,7 +22,9 @@ TEST_CASE("runProcesses: stdin in, stdout out, exit status, a fixed environment"
   CHECK(describe(r[2], specs[2]) == "could not be started: No such file or directory");
 }
 
-TEST_CASE("runProcesses: timeout and output cap kill the whole group; a leftover holding the pipes is not waited for") {
+TEST_CASE(
+    "runProcesses: timeout and output cap kill the whole group; a leftover holding the pipes is not waited "
+    "for") {
   std::vector<ProcessSpec> specs(3);
   specs[0].argv = {"/bin/sh", "-c", "sleep 60 & sleep 60"};
   specs[0].timeout = milliseconds(300);

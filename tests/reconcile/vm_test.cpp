@@ -5,13 +5,12 @@
 #include "reconcile/vm.h"
 
 #include <doctest.h>
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
-
-#include <spdlog/spdlog.h>
 
 #include "common/atomic_file.h"
 #include "reconcile/reconcile.h"
@@ -203,8 +202,9 @@ TEST_CASE("vm: ensure records the address; a second run finds the same VM and ch
 TEST_CASE("vm: a provider that hangs, prints garbage, fails or dies fails that user alone") {
   VmHost h;
   h.profile("default").timeout = milliseconds(1500);
-  h.map("alice=alice backend=vm\nbob=bob backend=vm\ncarol=carol backend=vm\n"
-        "dave=dave backend=vm\nerin=erin backend=vm\nfrank=frank backend=vm\ngina=gina backend=vm\n");
+  h.map(
+      "alice=alice backend=vm\nbob=bob backend=vm\ncarol=carol backend=vm\n"
+      "dave=dave backend=vm\nerin=erin backend=vm\nfrank=frank backend=vm\ngina=gina backend=vm\n");
   h.behave("alice", "hang");
   h.behave("bob", "garbage");
   h.behave("dave", "fail");
@@ -260,15 +260,18 @@ TEST_CASE("vm: the quota of a hypervisor refuses newcomers with a clear error, n
   h.map("alice=alice backend=vm\nbob=bob backend=vm\n");
   CHECK(h.run().exitCode == kExitOk);
   // carol comes first in the map now, but alice and bob already have VMs.
-  h.map("carol=carol backend=vm\nalice=alice backend=vm\nbob=bob backend=vm\ndave=dave backend=vm vm_profile=gpu\n");
+  h.map(
+      "carol=carol backend=vm\nalice=alice backend=vm\nbob=bob backend=vm\ndave=dave backend=vm "
+      "vm_profile=gpu\n");
   Report r = h.run();
   CHECK(r.exitCode == kExitPartial);
   CHECK(vmUser(r, "alice").status == "unchanged");
   CHECK(vmUser(r, "bob").status == "unchanged");
   CHECK(vmUser(r, "carol").status == "failed");
   CHECK(vmUser(r, "carol").reason == "quota");
-  CHECK(vmUser(r, "carol").error == "quota: profile default allows at most 2 VMs on qemu:///system, all taken");
-  CHECK(h.vmState("carol") == "absent");  // the provider was never asked
+  CHECK(vmUser(r, "carol").error ==
+        "quota: profile default allows at most 2 VMs on qemu:///system, all taken");
+  CHECK(h.vmState("carol") == "absent");         // the provider was never asked
   CHECK(vmUser(r, "dave").status == "changed");  // gpu allows 3 on that host
   CHECK(h.calls().find("ensure usher-carol") == std::string::npos);
 }
@@ -337,7 +340,9 @@ TEST_CASE("vm: dry run asks only for status and changes nothing") {
 TEST_CASE("vm: unknown profile and a missing provider fail that user with the reason") {
   VmHost h;
   h.profile("broken").provider = (h.dir / "no-such-provider").string();
-  h.map("carol=carol backend=vm vm_profile=nope\ndave=dave backend=vm vm_profile=broken\nerin=erin backend=vm\n");
+  h.map(
+      "carol=carol backend=vm vm_profile=nope\ndave=dave backend=vm vm_profile=broken\nerin=erin "
+      "backend=vm\n");
   Report r = h.run();
   CHECK(r.exitCode == kExitPartial);
   CHECK(vmUser(r, "carol").reason == "no_profile");
@@ -353,7 +358,8 @@ TEST_CASE("vm profiles: [vm.NAME] sections in the shared config, checked with fi
       "[vm.default]\nbase_image = debian-12.qcow2\nmemory = 2G\nvcpus = 2\ndisk = 30G\ndata_disk = 0\n"
       "persistent = no\nguest_port = 3773\nmax_vms = 5\non_remove = destroy\ntimeout = 90s\nmint = none\n"
       "uri = qemu+ssh://virt@hv2.example/system\nnetwork = bridge:br0\n"
-      "[vm.gpu]\nbase_image = cuda.qcow2\nkernel = /boot/vmlinuz\ninitrd = /boot/initrd.img\ncmdline = console=ttyS0\n",
+      "[vm.gpu]\nbase_image = cuda.qcow2\nkernel = /boot/vmlinuz\ninitrd = /boot/initrd.img\ncmdline = "
+      "console=ttyS0\n",
       "usher.conf", c, errors);
   CHECK(ok);
   CHECK(errors.empty());
@@ -376,9 +382,10 @@ TEST_CASE("vm profiles: [vm.NAME] sections in the shared config, checked with fi
 
   Config bad;
   errors.clear();
-  CHECK_FALSE(parseConfig("[vm.x]\nmemory = lots\ncolour = blue\n[vm.Bad]\nbase_image = a\n[vm.y]\nkernel = /k\n"
-                          "[vm.x]\nmemory = 1G\n",
-                          "usher.conf", bad, errors));
+  CHECK_FALSE(
+      parseConfig("[vm.x]\nmemory = lots\ncolour = blue\n[vm.Bad]\nbase_image = a\n[vm.y]\nkernel = /k\n"
+                  "[vm.x]\nmemory = 1G\n",
+                  "usher.conf", bad, errors));
   std::vector<std::string> got;
   for (const auto& e : errors) got.push_back(e.str());
   CHECK(got == std::vector<std::string>{
