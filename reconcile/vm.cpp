@@ -51,25 +51,13 @@ ProviderReply judgeProviderResult(const ProcessResult& r, const ProcessSpec& spe
   out.ms = static_cast<double>(r.duration.count());
   out.stderrText = tidy(r.err, 1000);
   using O = ProcessResult::Outcome;
-  switch (r.outcome) {
-    case O::SpawnFailed:
-      out.reason = "provider_missing";
-      out.message = "provider " + spec.argv[0] + " " + describe(r, spec);
-      return out;
-    case O::Timeout:
-      out.reason = "provider_timeout";
-      out.message = "provider " + describe(r, spec);
-      return out;
-    case O::OutputTooLarge:
-      out.reason = "provider_garbage";
-      out.message = "provider " + describe(r, spec);
-      return out;
-    case O::Signaled:
-      out.reason = "provider_signal";
-      out.message = "provider " + describe(r, spec);
-      return out;
-    case O::Exited:
-      break;
+  if (r.outcome != O::Exited) {
+    out.reason = r.outcome == O::SpawnFailed      ? "provider_missing"
+                 : r.outcome == O::Timeout        ? "provider_timeout"
+                 : r.outcome == O::OutputTooLarge ? "provider_garbage"
+                                                  : "provider_signal";
+    out.message = "provider " + (r.outcome == O::SpawnFailed ? spec.argv[0] + " " : "") + describe(r, spec);
+    return out;
   }
   nlohmann::json reply = nlohmann::json::parse(r.out, nullptr, false);
   bool isObject = !reply.is_discarded() && reply.is_object();
