@@ -153,6 +153,15 @@ void checkVmProfiles(const VmProfiles& profiles, const std::string& source,
   }
 }
 
+std::string recordedVmProfile(const nlohmann::json& vmFacts, std::string otherwise) {
+  if (vmFacts.is_object()) {
+    auto it = vmFacts.find("profile");
+    if (it != vmFacts.end() && it->is_string() && !it->get_ref<const std::string&>().empty())
+      return it->get<std::string>();
+  }
+  return otherwise;
+}
+
 std::string vmNameFor(std::string_view osUser) {
   return "usher-" + std::string(osUser);
 }

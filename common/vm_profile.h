@@ -60,6 +60,10 @@ SectionFamilies<Config> vmProfileFamilies(VmProfiles Config::*field) {
 // problem, with the section's first line.
 void checkVmProfiles(const VmProfiles& profiles, const std::string& source, std::vector<ConfigError>& errors);
 
+// The profile a VM was made with, as its state entry records it
+// ("vm": {"profile": NAME}); `otherwise` when the entry names none.
+std::string recordedVmProfile(const nlohmann::json& vmFacts, std::string otherwise);
+
 // The VM of an OS user: "usher-" + os user (os users are [a-z0-9_-]).
 std::string vmNameFor(std::string_view osUser);
 

@@ -867,11 +867,10 @@ int purge(const Config& config, const Options& options, const Environment& env, 
     if (!state) return refuse(kExitCannotRun, "state file " + config.stateFile + " unusable");
   }
   std::string name = profileName;
-  if (name.empty() && state) {
-    if (const Backend* b = state->find(osUser); b && b->vm.is_object() && b->vm.value("profile", "") != "")
-      name = b->vm.value("profile", "");
+  if (name.empty()) {
+    const Backend* b = state ? state->find(osUser) : nullptr;
+    name = recordedVmProfile(b ? b->vm : nlohmann::json(), "default");
   }
-  if (name.empty()) name = "default";
   auto p = config.vm.find(name);
   if (p == config.vm.end()) return refuse(kExitCannotRun, "no [vm." + name + "] profile in the configuration");
   out["profile"] = name;

@@ -135,7 +135,7 @@ VmReport reconcileVms(const Config& config, const UserMap& map, const State& old
       VmUserResult u;
       u.osUser = e.osUser;
       u.line = e.line;
-      u.profile = e.vmProfile.empty() ? "default" : e.vmProfile;
+      u.profile = e.vmProfile;  // "default" unless the line names one (UserMap)
       u.vmName = vmNameFor(e.osUser);
       report.users.push_back(std::move(u));
     }
@@ -193,9 +193,7 @@ VmReport reconcileVms(const Config& config, const UserMap& map, const State& old
     VmRemovalResult r;
     r.osUser = name;
     r.vmName = vmNameFor(name);
-    r.profile = b.vm.is_object() && b.vm.contains("profile") && b.vm["profile"].is_string()
-                    ? b.vm["profile"].get<std::string>()
-                    : "default";
+    r.profile = recordedVmProfile(b.vm, "default");
     auto p = config.vm.find(r.profile);
     const VmProfile* prof = p == config.vm.end() ? nullptr : &p->second;
     r.verb = prof && prof->onRemove == VmProfile::OnRemove::Destroy ? "destroy" : "stop";

@@ -469,15 +469,22 @@ void ClientConnection::startMint(const std::string& failedCookie) {
   target.osUser = osUser_;
   target.backend = backendAddr_;
   target.hostHeader = backendKey_;
-  if (vmProfile_) {
-    target.command = {vmProfile_->provider, "mint"};
-    target.input = providerRequest("mint", osUser_, *vmProfile_).dump() + "\n";
-  }
-  for (const auto& a : vmProfile_ ? std::vector<std::string>{} : server_.config().mint.command) {
-    if (a.find("{home}") != std::string::npos) {
-      auto info = systemOsUserLookup()(osUser_);
-      if (info) target.home = info->home;
-      break;
+  if (!vmProfile_.empty()) {
+    const auto& profiles = server_.config().vm;
+    auto p = profiles.find(vmProfile_);
+    if (p == profiles.end()) {  // gone with a config reload since the request was routed
+      refuse(502, "mint_failed", "no_vm_profile", !requestDone_);
+      return;
+    }
+    target.command = {p->second.provider, "mint"};
+    target.input = providerRequest("mint", osUser_, p->second).dump() + "\n";
+  } else {
+    for (const auto& a : server_.config().mint.command) {
+      if (a.find("{home}") != std::string::npos) {
+        auto info = systemOsUserLookup()(osUser_);
+        if (info) target.home = info->home;
+        break;
+      }
     }
   }
   // Past the mint's own deadline something is wrong; do not wait forever.
@@ -551,12 +558,9 @@ bool ClientConnection::routeRequest() {
   // verb, or not at all (mint = none). The profile is the one the VM was
   // made with (state file), else the map's.
   minting_ = server_.mint() != nullptr;
-  vmProfile_.reset();
+  vmProfile_.clear();
   if (route.backend->kind == BackendKind::Vm) {
-    std::string name = route.entry->vmProfile.empty() ? "default" : route.entry->vmProfile;
-    const auto& facts = route.backend->vm;
-    if (facts.is_object() && facts.contains("profile") && facts["profile"].is_string())
-      name = facts["profile"].get<std::string>();
+    std::string name = recordedVmProfile(route.backend->vm, route.entry->vmProfile);
     auto p = cfg.vm.find(name);
     if (p == cfg.vm.end()) {
       if (minting_) {
@@ -566,7 +570,7 @@ bool ClientConnection::routeRequest() {
     } else if (p->second.mint == VmProfile::Mint::None) {
       minting_ = false;
     } else {
-      vmProfile_ = p->second;
+      vmProfile_ = std::move(name);  // looked up again when a mint starts: a reload may replace it
     }
   }
   return true;

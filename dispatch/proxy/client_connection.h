@@ -5,7 +5,6 @@
 
 #include <chrono>
 #include <cstdint>
-#include <optional>
 #include <string>
 
 #include "dispatch/http/request_parser.h"
@@ -128,7 +127,7 @@ private:
   std::string osUser_;
   std::string backendKey_;
   bool minting_ = false;                // this request gets a session injected when it has none
-  std::optional<VmProfile> vmProfile_;  // a VM backend minted through its provider
+  std::string vmProfile_;  // a VM backend minted through this profile's provider; "" otherwise
   net::Address backendAddr_;
   std::string upstreamHead_;     // kept until the response starts, for one retry
   std::string method_;
