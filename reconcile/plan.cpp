@@ -51,6 +51,14 @@ std::optional<Clock::time_point> parseUtc(const std::string& s) {
   return Clock::from_time_t(secs);
 }
 
+bool sameState(const State& a, const State& b) {
+  State ca = a;
+  State cb = b;
+  ca.generatedAt.clear();
+  cb.generatedAt.clear();
+  return ca.toJson() == cb.toJson();
+}
+
 namespace {
 
 // OS users mapped with backend=unit, once each, in map order; with their SSO
@@ -81,13 +89,6 @@ std::vector<MappedUser> mappedUnitUsers(const UserMap& map, std::vector<SkippedU
   return out;
 }
 
-bool sameState(const State& a, const State& b) {
-  State ca = a;
-  State cb = b;
-  ca.generatedAt.clear();
-  cb.generatedAt.clear();
-  return ca.toJson() == cb.toJson();
-}
 
 void decideUnit(const Config& config, const PlanInputs& in, UserPlan& u) {
   auto it = in.units.find(u.unit);

@@ -111,6 +111,9 @@ std::vector<std::string> unitsOfUnmappedUsers(const Config& config, const UserMa
 
 Plan computePlan(const PlanInputs& in);
 
+// The same users, reservations and versions, whatever generatedAt says.
+bool sameState(const State& a, const State& b);
+
 // "2026-11-23T15:00:00Z"
 std::string formatUtc(Clock::time_point t);
 std::optional<Clock::time_point> parseUtc(const std::string& s);

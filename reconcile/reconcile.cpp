@@ -576,9 +576,7 @@ Report run(const Config& config, const Options& options, const Environment& env)
   {
     State vmState = plan.newState;
     report.vm = reconcileVms(config, *map, state, vmState, false, env.providers);
-    State before = plan.newState;
-    before.generatedAt.clear();
-    if (vmState.toJson() != before.toJson()) {
+    if (!sameState(vmState, plan.newState)) {
       writeState(vmState);
       plan.newState = std::move(vmState);
       plan.stateChanged = true;
