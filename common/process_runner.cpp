@@ -81,10 +81,11 @@ std::optional<Running> spawnOne(const ProcessSpec& spec, size_t index, ProcessRe
   std::vector<char*> argv;
   for (const auto& a : spec.argv) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
-  static const char* kEnv[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                               "LANG=C.UTF-8", nullptr};
+  std::vector<char*> envp;
+  for (const auto& e : childEnvironment()) envp.push_back(const_cast<char*>(e.c_str()));
+  envp.push_back(nullptr);
   pid_t pid = -1;
-  int rc = ::posix_spawn(&pid, argv[0], &actions, &attr, argv.data(), const_cast<char**>(kEnv));
+  int rc = ::posix_spawn(&pid, argv[0], &actions, &attr, argv.data(), envp.data());
   posix_spawn_file_actions_destroy(&actions);
   posix_spawnattr_destroy(&attr);
   if (rc != 0) return fail(rc);
@@ -113,6 +114,14 @@ void signalGroup(const Running& r, int sig) {
 }
 
 }  // namespace
+
+const std::vector<std::string>& childEnvironment() {
+  static const std::vector<std::string> env = {
+      "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+      "LANG=C.UTF-8",
+  };
+  return env;
+}
 
 std::vector<ProcessResult> runProcesses(const std::vector<ProcessSpec>& specs, unsigned parallel) {
   std::vector<ProcessResult> results(specs.size());

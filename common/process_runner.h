@@ -39,6 +39,10 @@ struct ProcessResult {
 constexpr size_t kStderrKeep = 4096;
 constexpr std::chrono::milliseconds kKillGrace{2000};
 
+// The whole environment of every command Usher runs (mint commands, VM
+// providers): a fixed PATH and LANG, nothing of Usher's own.
+const std::vector<std::string>& childEnvironment();
+
 // Runs every spec, at most `parallel` at a time; one result per spec, in order.
 std::vector<ProcessResult> runProcesses(const std::vector<ProcessSpec>& specs, unsigned parallel);
 

@@ -10,6 +10,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "common/process_runner.h"
+
 namespace usher::dispatch {
 
 namespace {
@@ -32,13 +34,7 @@ struct SpawnSetup {
 
 }  // namespace
 
-const std::vector<std::string>& ChildProcess::environment() {
-  static const std::vector<std::string> env = {
-      "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-      "LANG=C.UTF-8",
-  };
-  return env;
-}
+const std::vector<std::string>& ChildProcess::environment() { return childEnvironment(); }
 
 ChildProcess::ChildProcess(event_base* base, std::vector<std::string> argv, std::chrono::milliseconds timeout,
                            size_t maxStdout, Done done)
