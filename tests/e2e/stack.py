@@ -39,6 +39,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(REPO, "tests", "mint"))
 
 import mint_harness as mh  # noqa: E402
+from testlib import free_port  # noqa: E402  (mint_harness put tests/ on the path)
 
 NGINX = "/usr/sbin/nginx"
 PY = "/usr/bin/python3"
@@ -115,14 +116,6 @@ def end_processes_under(path):
             return
         except TimeoutError:
             continue
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def http_get(port, target, timeout=2.0):

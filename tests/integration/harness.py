@@ -8,7 +8,6 @@ when the test fails (see conftest.py).
 import base64
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -21,6 +20,9 @@ sys.path.insert(0, HERE)
 
 import backend as backend_mod  # noqa: E402  (pattern helpers, WebSocket framing)
 
+sys.path.insert(0, os.path.dirname(HERE))
+from testlib import free_port, parse_logfmt, wait_for  # noqa: E402,F401  (h.wait_for, ...)
+
 PYTHON = "/usr/bin/python3"
 DEFAULT_BINARY = "/work/main/build/dispatch/usher-dispatch"
 IDENTITY = "X-authentik-username"
@@ -29,64 +31,6 @@ MiB = 1024 * 1024
 
 def dispatch_binary():
     return os.environ.get("USHER_DISPATCH") or DEFAULT_BINARY
-
-
-def wait_for(predicate, timeout=5.0, interval=0.01, what="condition"):
-    """Polls `predicate` until it returns something truthy; returns that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError("timed out after %.1fs waiting for %s" % (timeout, what))
-        time.sleep(interval)
-
-
-# --- logfmt ------------------------------------------------------------------
-
-_LOGFMT_TOKEN = re.compile(r'\s*([^\s=]+)=("(?:[^"\\]|\\.)*"|[^\s]*)')
-
-
-def parse_logfmt(line):
-    """Parses one logfmt line into a dict; None when it is not logfmt."""
-    out = {}
-    pos = 0
-    line = line.rstrip("\n")
-    while pos < len(line):
-        if line[pos:].strip() == "":
-            break
-        m = _LOGFMT_TOKEN.match(line, pos)
-        if not m:
-            return None
-        key, value = m.group(1), m.group(2)
-        if value.startswith('"'):
-            value = _unescape(value[1:-1])
-        if key in out:
-            # A repeated key would mean a forged field; keep both visible.
-            out.setdefault("_dupes", []).append(key)
-        out[key] = value
-        pos = m.end()
-    return out if "event" in out else None
-
-
-def _unescape(s):
-    out = []
-    i = 0
-    while i < len(s):
-        c = s[i]
-        if c == "\\" and i + 1 < len(s):
-            n = s[i + 1]
-            if n == "x" and i + 3 < len(s):
-                out.append(chr(int(s[i + 2:i + 4], 16)))
-                i += 4
-                continue
-            out.append({"n": "\n", "r": "\r", "t": "\t"}.get(n, n))
-            i += 2
-            continue
-        out.append(c)
-        i += 1
-    return "".join(out)
 
 
 # --- processes ---------------------------------------------------------------

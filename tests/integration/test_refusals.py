@@ -1,11 +1,10 @@
 """Every refusal: its status, a short human-readable body, one audit line
 that says why, and no byte at any backend."""
 
-import socket
 
 import pytest
 
-from harness import IDENTITY, HttpConn, wait_for
+from harness import IDENTITY, HttpConn, free_port, wait_for
 
 # (case id, identity headers sent, status, audit reason)
 IDENTITY_CASES = [
@@ -103,14 +102,6 @@ def test_untrusted_peer_without_identity_is_refused(start_usher, alice_bob):
     r = u.get("/whoami", user=None)
     assert r.status == 403, r
     assert alice_bob["alice"].connections() == 0
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def test_backend_connect_failed(start_usher, alice_bob):

@@ -15,15 +15,7 @@ import urllib.request
 
 import pytest
 
-from harness import dispatch_binary, wait_for
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from harness import dispatch_binary, free_port, wait_for
 
 
 def write_config(tmp_path, listen="127.0.0.1:0"):

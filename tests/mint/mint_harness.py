@@ -34,7 +34,6 @@ import re
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import threading
@@ -43,6 +42,9 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(HERE))
+from testlib import parse_logfmt, wait_for  # noqa: E402,F401  (mh.wait_for, ...)
+from testlib import free_port as closed_port  # noqa: E402,F401  (a port nobody listens on)
 PY = "/usr/bin/python3"
 DEFAULT_BINARY = os.path.join(REPO, "build", "dispatch", "usher-dispatch")
 IDENTITY = "X-authentik-username"
@@ -71,18 +73,6 @@ def note_secret(value):
 
 def dispatch_binary():
     return os.environ.get("USHER_DISPATCH") or DEFAULT_BINARY
-
-
-def wait_for(predicate, timeout=5.0, interval=0.01, what="condition"):
-    """Polls `predicate` until it returns something truthy; returns that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError("timed out after %.1fs waiting for %s" % (timeout, what))
-        time.sleep(interval)
 
 
 def run(argv, check=True, **kw):
@@ -534,14 +524,6 @@ class NotesBackend:
 
 # --- usher-dispatch -------------------------------------------------------------------
 
-def closed_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 class Usher:
     """usher-dispatch run as the dispatcher's user, with its own directory under ROOT.
 
@@ -719,50 +701,6 @@ class Usher:
 
     def browser(self, sso="alice", **kw):
         return Browser(self, sso, **kw)
-
-
-# --- logfmt ------------------------------------------------------------------------------
-
-_LOGFMT_TOKEN = re.compile(r'\s*([^\s=]+)=("(?:[^"\\]|\\.)*"|[^\s]*)')
-
-
-def parse_logfmt(line):
-    out = {}
-    pos = 0
-    line = line.rstrip("\n")
-    while pos < len(line):
-        if line[pos:].strip() == "":
-            break
-        m = _LOGFMT_TOKEN.match(line, pos)
-        if not m:
-            return None
-        key, value = m.group(1), m.group(2)
-        if value.startswith('"'):
-            value = _unescape(value[1:-1])
-        if key in out:
-            out.setdefault("_dupes", []).append(key)
-        out[key] = value
-        pos = m.end()
-    return out if "event" in out else None
-
-
-def _unescape(s):
-    out = []
-    i = 0
-    while i < len(s):
-        c = s[i]
-        if c == "\\" and i + 1 < len(s):
-            n = s[i + 1]
-            if n == "x" and i + 3 < len(s):
-                out.append(chr(int(s[i + 2:i + 4], 16)))
-                i += 4
-                continue
-            out.append({"n": "\n", "r": "\r", "t": "\t"}.get(n, n))
-            i += 2
-            continue
-        out.append(c)
-        i += 1
-    return "".join(out)
 
 
 # --- cookies -------------------------------------------------------------------------------

@@ -12,11 +12,14 @@ import random
 import shutil
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+import testlib  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(HERE))
 CONTAINER = os.path.join(HERE, "container.sh")
 DEFAULT_BINARY = os.path.join(REPO, "build", "reconcile", "usher-reconcile")
@@ -28,15 +31,8 @@ def reconcile_binary():
 
 
 def wait_for(predicate, timeout=10.0, interval=0.05, what="condition"):
-    """Polls `predicate` until it returns something truthy; returns that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
-        time.sleep(interval)
+    """testlib.wait_for with this suite's slower defaults; a timeout fails the test."""
+    return testlib.wait_for(predicate, timeout, interval, what, error=AssertionError)
 
 
 def free_port_block(size):

@@ -9,8 +9,6 @@ One module-scoped world; the tests run in order and build on each other.
 import http.client
 import json
 import os
-import pwd
-import re
 import shutil
 import subprocess
 import tempfile
@@ -20,6 +18,7 @@ import pytest
 
 import vmenv
 from conftest import PROVIDER
+from testlib import parse_logfmt
 
 RECONCILE = os.environ.get("USHER_RECONCILE", "")
 DISPATCH = os.environ.get("USHER_DISPATCH", "")
@@ -28,7 +27,7 @@ SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error:")
 
 
 def logfmt(line):
-    return dict((k, v.strip('"')) for k, v in re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', line))
+    return parse_logfmt(line) or {}
 
 
 class World:
