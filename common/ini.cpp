@@ -99,39 +99,47 @@ std::optional<uint64_t> parseUnsigned(std::string_view s) {
   return v;
 }
 
-std::optional<std::chrono::milliseconds> parseDuration(std::string_view s) {
+namespace {
+
+// "30s" -> {30, "s"}: the leading decimal number and the unit after it.
+std::optional<std::pair<uint64_t, std::string_view>> numberAndUnit(std::string_view s) {
   s = trim(s);
   size_t digits = 0;
   while (digits < s.size() && std::isdigit(static_cast<unsigned char>(s[digits]))) ++digits;
   auto n = parseUnsigned(s.substr(0, digits));
   if (!n) return std::nullopt;
-  std::string_view unit = s.substr(digits);
+  return std::make_pair(*n, s.substr(digits));
+}
+
+}  // namespace
+
+std::optional<std::chrono::milliseconds> parseDuration(std::string_view s) {
+  auto parsed = numberAndUnit(s);
+  if (!parsed) return std::nullopt;
+  auto [n, unit] = *parsed;
   uint64_t ms;
-  if (unit.empty() || unit == "s") ms = *n * 1000;
-  else if (unit == "ms") ms = *n;
-  else if (unit == "m" || unit == "min") ms = *n * 60'000;
-  else if (unit == "h") ms = *n * 3'600'000;
-  else if (unit == "d" && *n <= 36500) ms = *n * 86'400'000;
+  if (unit.empty() || unit == "s") ms = n * 1000;
+  else if (unit == "ms") ms = n;
+  else if (unit == "m" || unit == "min") ms = n * 60'000;
+  else if (unit == "h") ms = n * 3'600'000;
+  else if (unit == "d" && n <= 36500) ms = n * 86'400'000;
   else return std::nullopt;
-  if (*n > (uint64_t{1} << 32)) return std::nullopt;
+  if (n > (uint64_t{1} << 32)) return std::nullopt;
   return std::chrono::milliseconds(ms);
 }
 
 std::optional<uint64_t> parseSize(std::string_view s) {
-  s = trim(s);
-  size_t digits = 0;
-  while (digits < s.size() && std::isdigit(static_cast<unsigned char>(s[digits]))) ++digits;
-  auto n = parseUnsigned(s.substr(0, digits));
-  if (!n) return std::nullopt;
-  std::string_view unit = s.substr(digits);
+  auto parsed = numberAndUnit(s);
+  if (!parsed) return std::nullopt;
+  auto [n, unit] = *parsed;
   int shift = 0;
   if (unit.empty()) shift = 0;
   else if (iequals(unit, "k") || iequals(unit, "kb") || iequals(unit, "kib")) shift = 10;
   else if (iequals(unit, "m") || iequals(unit, "mb") || iequals(unit, "mib")) shift = 20;
   else if (iequals(unit, "g") || iequals(unit, "gb") || iequals(unit, "gib")) shift = 30;
   else return std::nullopt;
-  if (*n > (UINT64_MAX >> (shift + 1))) return std::nullopt;
-  return *n << shift;
+  if (n > (UINT64_MAX >> (shift + 1))) return std::nullopt;
+  return n << shift;
 }
 
 std::optional<bool> parseBool(std::string_view s) {

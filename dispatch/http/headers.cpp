@@ -27,37 +27,42 @@ bool sameNameLoosely(std::string_view a, std::string_view b) {
   return true;
 }
 
-bool hasToken(std::string_view value, std::string_view token) {
+namespace {
+
+// Calls `f` with each element of a comma-separated list, optional whitespace
+// around it trimmed (empty elements included); stops when `f` returns true.
+template <class F>
+bool anyListElement(std::string_view value, F f) {
   size_t pos = 0;
   while (pos <= value.size()) {
     size_t comma = value.find(',', pos);
     std::string_view t = value.substr(pos, comma == std::string_view::npos ? value.npos : comma - pos);
     while (!t.empty() && (t.front() == ' ' || t.front() == '\t')) t.remove_prefix(1);
     while (!t.empty() && (t.back() == ' ' || t.back() == '\t')) t.remove_suffix(1);
-    if (iequals(t, token)) return true;
+    if (f(t)) return true;
     if (comma == std::string_view::npos) break;
     pos = comma + 1;
   }
   return false;
 }
 
+}  // namespace
+
+bool hasToken(std::string_view value, std::string_view token) {
+  return anyListElement(value, [&](std::string_view t) { return iequals(t, token); });
+}
+
 std::vector<std::string> connectionTokens(const std::vector<std::string_view>& values) {
   std::vector<std::string> out;
   for (auto value : values) {
-    size_t pos = 0;
-    while (pos <= value.size()) {
-      size_t comma = value.find(',', pos);
-      std::string_view t = value.substr(pos, comma == std::string_view::npos ? value.npos : comma - pos);
-      while (!t.empty() && (t.front() == ' ' || t.front() == '\t')) t.remove_prefix(1);
-      while (!t.empty() && (t.back() == ' ' || t.back() == '\t')) t.remove_suffix(1);
+    anyListElement(value, [&](std::string_view t) {
       if (!t.empty()) {
         std::string s(t);
         std::transform(s.begin(), s.end(), s.begin(), lower);
         out.push_back(std::move(s));
       }
-      if (comma == std::string_view::npos) break;
-      pos = comma + 1;
-    }
+      return false;
+    });
   }
   return out;
 }
